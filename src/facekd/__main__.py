@@ -1,0 +1,3 @@
+from facekd.cli import main
+
+main()

@@ -1,0 +1,73 @@
+"""params.yaml -> typed config: defaults valid, unknown/mistyped keys refused with the key path."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from facekd.config import ALL_MODELS, FOREACH_METHODS, Params, flatten, load_params, parse_params, section_hash
+from facekd.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_committed_params_are_valid():
+    params = load_params(ROOT / "params.yaml")
+    assert params.data.source == "synthetic"
+    assert set(params.distill.methods) <= set(FOREACH_METHODS)
+
+
+@pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_full_scale_presets_are_valid(preset):
+    load_params(preset)
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragments"),
+    [
+        ({"distill": {"qud": {"tua": 0.1}}}, ["distill.qud.tua", "allowed keys here: margin, queue_size, tau"]),
+        ({"bogus": 1}, ["unknown key 'bogus'", "distill", "teacher"]),
+        ({"teacher": {"optim": {"lr": "fast"}}}, ["teacher.optim.lr"]),
+        ({"teacher": {"head": {"type": "sphereface"}}}, ["teacher.head.type", "arcface"]),
+        ({"distill": {"methods": ["nonsense"]}}, ["unknown method", "adadistill"]),
+        ({"distill": {"methods": ["shkd"]}}, ["shkd_teacher"]),
+        ({"distill": {"qud": {"queue_size": 100}, "optim": {"batch_size": 64}}}, ["queue_size=100", "multiple"]),
+        ({"evaluate": {"models": ["teacher", "ghost"]}}, ["evaluate.models", "ghost"]),
+        ({"data": {"source": "rec"}}, ["data.path is required"]),
+    ],
+)
+def test_bad_params_name_the_key(raw, fragments):
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    for fragment in fragments:
+        assert fragment in str(err.value)
+
+
+def test_load_params_errors_name_the_file(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    with pytest.raises(ConfigError, match="nope.yaml"):
+        load_params(missing)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_params(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_params(listy)
+
+
+def test_config_is_frozen_and_hash_tracks_changes():
+    p = Params()
+    with pytest.raises(Exception):
+        p.seed = 3  # type: ignore[misc]
+    q = parse_params({"distill": {"qud": {"tau": 0.07}}})
+    assert section_hash(p.distill.qud) != section_hash(q.distill.qud)
+    assert section_hash(p.distill.adadistill) == section_hash(q.distill.adadistill)
+
+
+def test_flatten_gives_dotted_keys():
+    flat = flatten(Params().distill, "distill.")
+    assert flat["distill.qud.tau"] == 0.1
+    assert "distill.optim.lr" in flat
+    assert ALL_MODELS[0] == "teacher"
