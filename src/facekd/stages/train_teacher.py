@@ -1,0 +1,163 @@
+"""Stage ``train_teacher``: margin-softmax training of the teacher on ``data/prepared``.
+
+Reads ``<data.prepared_dir>/train.rec`` + ``train.idx`` + ``meta.json``; trains
+``teacher.backbone`` with ``teacher.head`` (a :class:`MarginHead`, or :class:`PartialFC` when
+``head.sample_rate < 1`` or under ``torchrun``) through :func:`facekd.training.loop.fit`, resuming
+from ``checkpoints/teacher/``; writes ``models/teacher/`` (backbone.pt, head.pt with the full
+(C, d) centres, meta.json) and ``metrics/train/teacher.json``. Running it again after it finished
+does no training step and rewrites the same outputs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from facekd.config import Params, TeacherParams
+from facekd.errors import ConfigError, DataError
+from facekd.fsio import write_json
+
+log = logging.getLogger(__name__)
+
+RUN_NAME = "teacher"
+CHECKPOINT_DIR = Path("checkpoints/teacher")
+MODEL_DIR = Path("models/teacher")
+METRICS_FILE = Path("metrics/train/teacher.json")
+# Settings that change how a run is executed, not what it computes: changing them keeps the resume.
+RESUME_NEUTRAL = ("workers", "checkpoint_every", "eval_every")
+
+
+def read_prepared_meta(prepared: Path) -> dict[str, Any]:
+    """``meta.json`` of the prepared data, with a ``data_hash`` (computed when absent)."""
+    meta_path = prepared / "meta.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{meta_path}: missing; run `facekd prepare` first") from None
+    except ValueError as err:
+        raise DataError(f"{meta_path}: not valid JSON ({err}); re-run `facekd prepare`") from None
+    if "data_hash" not in meta:
+        digest = hashlib.sha256((prepared / "train.idx").read_bytes() + meta_path.read_bytes())
+        meta["data_hash"] = digest.hexdigest()
+    return meta
+
+
+def run_config(params: Params, data_hash: str) -> dict[str, Any]:
+    """What defines the teacher run (hashed into its checkpoints): seed, teacher section, data."""
+    teacher = params.teacher.model_dump(mode="json")
+    for key in RESUME_NEUTRAL:
+        teacher["optim"].pop(key)
+    return {"seed": params.seed, "teacher": teacher, "data_hash": data_hash}
+
+
+def build_head(teacher: TeacherParams, num_classes: int, world_size: int) -> Any:
+    """MarginHead on one process at sample_rate 1; PartialFC (sharded, sampled) otherwise."""
+    from facekd.models.heads import MarginHead
+    from facekd.models.partialfc import PartialFC
+
+    h, d = teacher.head, teacher.backbone.embedding_size
+    if h.sample_rate == 1.0 and world_size == 1:
+        return MarginHead(num_classes, d, h.type, h.scale, h.margin)
+    return PartialFC(num_classes, d, h.type, h.scale, h.margin, h.sample_rate,
+                     backbone_grads_averaged=world_size > 1)
+
+
+def init_from_model(init_from: str, backbone: Any, head: Any) -> None:
+    """Start from a trained model directory: backbone strictly, the head when its shape fits."""
+    import torch
+
+    from facekd.models.store import HEAD_FILE, load_backbone, load_head_weight
+
+    source, meta = load_backbone(init_from)
+    try:
+        backbone.load_state_dict(source.state_dict(), strict=True)
+    except RuntimeError as err:
+        raise ConfigError(
+            f"teacher.init_from={init_from}: its {meta['arch']} (embedding {meta['embedding_size']}, width "
+            f"{meta['width']}) does not fit teacher.backbone ({str(err).splitlines()[0]})") from None
+    if not (Path(init_from) / HEAD_FILE).is_file():
+        return
+    weight = load_head_weight(init_from)
+    full = (head.num_classes, head.embedding_size)
+    if tuple(weight.shape) != full:
+        log.warning("%s: head %s does not fit (%d, %d); the head starts from scratch", init_from,
+                    tuple(weight.shape), *full)
+    elif hasattr(head, "load_full_weight"):
+        head.load_full_weight(weight)
+    else:
+        with torch.no_grad():
+            head.weight.copy_(weight)
+    log.info("initialised from %s", init_from)
+
+
+def run(params: Params) -> None:
+    """Train (or resume, or confirm finished) the teacher and write its model and metrics."""
+    from facekd.training.distributed import init_distributed, shutdown
+
+    dist = init_distributed()
+    try:
+        _train(params, dist)
+    finally:
+        shutdown()
+
+
+def _train(params: Params, dist: Any) -> None:
+    from facekd.data.dataset import open_training_data
+    from facekd.models.registry import create_backbone
+    from facekd.tracking import NullTracker, Tracker
+    from facekd.training.loop import fit, seed_everything
+    from facekd.training.objectives import HeadObjective
+
+    prepared = Path(params.data.prepared_dir)
+    meta = read_prepared_meta(prepared)
+    dataset = open_training_data(prepared, "rec", seed=params.seed)
+    if dataset.num_classes != meta.get("num_classes", dataset.num_classes):
+        raise DataError(f"{prepared}/meta.json says {meta['num_classes']} identities but train.rec has "
+                        f"{dataset.num_classes}; re-run `facekd prepare`")
+
+    teacher = params.teacher
+    seed_everything(params.seed)
+    b = teacher.backbone
+    backbone = create_backbone(b.arch, embedding_size=b.embedding_size, width=b.width, dropout=b.dropout, fp16=b.fp16)
+    head = build_head(teacher, dataset.num_classes, dist.world_size)
+    if teacher.init_from:
+        init_from_model(teacher.init_from, backbone, head)
+    objective = HeadObjective(head)
+
+    tracker = Tracker.from_params(params.tracking, stage="train_teacher") if dist.is_main else NullTracker()
+    result = fit(run_name=RUN_NAME, backbone=backbone, objective=objective, dataset=dataset, optim=teacher.optim,
+                 run_dir=CHECKPOINT_DIR, config=run_config(params, meta["data_hash"]), seed=params.seed,
+                 tracker=tracker, dist=dist)
+    centres = objective.full_weight()  # (C, d); collective for a sharded PartialFC
+    if dist.is_main:
+        _write_outputs(params, meta, backbone, centres, result, tracker)
+
+
+def _write_outputs(params: Params, data_meta: dict[str, Any], backbone: Any, centres: Any,
+                   result: dict[str, Any], tracker: Any) -> None:
+    from facekd.models.store import save_model_dir
+
+    teacher = params.teacher
+    save_model_dir(MODEL_DIR, backbone.cpu(), {
+        "role": "teacher",
+        "data_hash": data_meta["data_hash"],
+        "num_classes": int(centres.shape[0]),
+        "head": teacher.head.model_dump(mode="json"),
+        "trained_steps": result["step"],
+        "mlflow_run_id": result["mlflow_run_id"],
+    }, head=centres.cpu())
+    metrics = {
+        "loss": result["loss"].get("loss"),
+        "epochs": result["epochs"],
+        "steps": result["step"],
+        "images": result["images"],
+        "img_per_s": round(result["img_per_s"], 3),
+        "train_seconds": round(result["train_seconds"], 3),
+        **{f"eval.{k}": v for k, v in result["eval"].items()},
+    }
+    write_json(METRICS_FILE, metrics)
+    tracker.log_artifact(MODEL_DIR, "model")
+    log.info("teacher: %d steps, final loss %s, %.1f img/s -> %s", result["step"], metrics["loss"],
+             result["img_per_s"], MODEL_DIR)

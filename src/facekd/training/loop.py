@@ -1,0 +1,612 @@
+"""One training loop for teachers and students: :func:`fit`.
+
+What is optimised is the backbone plus a generic *objective*: an ``nn.Module`` called as
+``objective(emb, batch) -> {"loss": scalar, <part>: scalar, ...}`` (a margin head for a teacher, a
+distillation method for a student). Its trainable parameters go to the optimiser with the
+backbone's, and its ``state_dict()`` (buffers too: queues, centres) goes into the checkpoint.
+
+Batches. ``optim.batch_size`` is the *global* batch of one optimizer step: it is split evenly over
+the ranks and then over ``grad_accum`` micro-batches, so the samples of a step (and so the result,
+BatchNorm aside) do not depend on the number of processes. The data order of epoch ``e`` is a
+permutation drawn from ``(seed, e)`` and flips are hashed from ``(seed, e, index)``; a run resumed
+mid-epoch skips the consumed batches of that permutation without decoding them, so with
+``deterministic: true`` a resumed run ends bit-identical to an uninterrupted one on CPU.
+
+Faults. A non-finite loss part (or gradient norm) raises :class:`TrainingError` naming the step and
+the part before anything is updated; nothing is checkpointed after the fault and the MLflow run
+ends FAILED. SIGTERM/SIGINT finish the current step, save a checkpoint, end the run KILLED and
+exit with ``128 + signal`` (143 for SIGTERM).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from facekd.config import OptimParams
+from facekd.errors import TrainingError
+from facekd.tracking import NullTracker
+from facekd.training import checkpoint as ckpt
+from facekd.training.distributed import (DistInfo, all_reduce_sum, average_gradients, broadcast_state,
+                                         current_dist, gather_shards, rank_slice, take_shard, unwrap,
+                                         wrap_backbone)
+from facekd.training.optim import build_optimizer, build_scheduler
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+Batch = dict[str, Any]
+EvalFn = Callable[["nn.Module", int], dict[str, float]]
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, numpy and random (call before building models so their init is reproducible)."""
+    import random
+
+    import torch
+
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _derived_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (stable across processes and Python versions)."""
+    digest = hashlib.sha256(json.dumps(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def epoch_permutation(num_images: int, seed: int, epoch: int) -> "torch.Tensor":
+    """(N,) int64: the sample order of ``epoch`` (the same on every rank and every resume)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(_derived_seed(seed, epoch, 0))
+    return torch.randperm(num_images, generator=gen)
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """How images map to optimizer steps: global batch -> ranks -> accumulation micro-batches."""
+
+    global_batch: int
+    micro_batch: int
+    grad_accum: int
+    steps_per_epoch: int
+    epochs: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    @classmethod
+    def build(cls, num_images: int, optim: OptimParams, dist: DistInfo) -> "StepPlan":
+        per_rank = optim.batch_size // dist.world_size
+        rank_slice(optim.batch_size, dist)  # raises when the batch does not split over ranks
+        if per_rank % optim.grad_accum:
+            raise TrainingError(
+                f"optim.batch_size={optim.batch_size} over {dist.world_size} process(es) gives {per_rank} "
+                f"images per process, not divisible by optim.grad_accum={optim.grad_accum}; change one of them"
+            )
+        steps = num_images // optim.batch_size
+        if steps < 1:
+            raise TrainingError(
+                f"the training data has {num_images} images, fewer than one batch "
+                f"(optim.batch_size={optim.batch_size}); lower the batch size"
+            )
+        return cls(optim.batch_size, per_rank // optim.grad_accum, optim.grad_accum, steps, optim.epochs)
+
+
+class EpochBatches:
+    """Batch sampler: this rank's micro-batches (lists of image indices) of one epoch.
+
+    Global step ``s`` of the epoch takes ``perm[s*B:(s+1)*B]``; the rank takes its contiguous share
+    and cuts it into ``grad_accum`` micro-batches. The tail of the permutation that does not fill
+    a global batch is dropped (a different tail every epoch).
+    """
+
+    def __init__(self, num_images: int, plan: StepPlan, dist: DistInfo, seed: int) -> None:
+        self.num_images, self.plan, self.seed = num_images, plan, seed
+        self.share = rank_slice(plan.global_batch, dist)
+        self.epoch, self.start_step = 0, 0
+
+    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
+        """Iterate ``epoch`` from its step ``start_step`` (skipping consumed batches undecoded)."""
+        self.epoch, self.start_step = epoch, start_step
+
+    def __len__(self) -> int:
+        return (self.plan.steps_per_epoch - self.start_step) * self.plan.grad_accum
+
+    def __iter__(self) -> Iterator[list[int]]:
+        perm = epoch_permutation(self.num_images, self.seed, self.epoch)
+        b, m = self.plan.global_batch, self.plan.micro_batch
+        for step in range(self.start_step, self.plan.steps_per_epoch):
+            mine = perm[step * b:(step + 1) * b][self.share]
+            for a in range(self.plan.grad_accum):
+                yield mine[a * m:(a + 1) * m].tolist()
+
+
+class _StopSignals:
+    """Turn SIGTERM/SIGINT into a request honoured at the next step boundary (main thread only)."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        self.signum = signum
+        log.warning("received %s: stopping after this step (checkpoint saved)", signal.Signals(signum).name)
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _determinism(enabled: bool) -> Iterator[None]:
+    """Deterministic kernels for the duration of training; the previous setting is restored."""
+    import torch
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    benchmark = torch.backends.cudnn.benchmark
+    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    torch.backends.cudnn.benchmark = not enabled
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = benchmark
+
+
+def _amp_dtype(amp: str, device: "torch.device") -> "torch.dtype | None":
+    """The autocast dtype, or None: AMP runs only on CUDA (bf16 on this CPU is ~300x slower)."""
+    import torch
+
+    if amp == "off":
+        return None
+    if device.type != "cuda":
+        log.warning("optim.amp=%s ignored on %s: mixed precision is used on CUDA only", amp, device)
+        return None
+    return torch.float16 if amp == "fp16" else torch.bfloat16
+
+
+def _is_rows(value: Any, rows: int) -> bool:
+    """True for a tensor whose first dimension is a row shard of ``rows`` rows (momentum buffers)."""
+    import torch
+
+    return isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == rows
+
+
+def _plain_config(config: dict[str, Any]) -> dict[str, Any]:
+    """JSON round trip: tuples become lists, so stored and current configs compare equal."""
+    return json.loads(json.dumps(config, sort_keys=True, default=str))
+
+
+@dataclass
+class _Window:
+    """Running sums between two log points."""
+
+    sums: dict[str, float]
+    steps: int = 0
+    images: int = 0
+    started: float = 0.0
+
+    @classmethod
+    def open(cls) -> "_Window":
+        return cls(sums={}, started=time.perf_counter())
+
+    def add(self, parts: dict[str, float], images: int) -> None:
+        for k, v in parts.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.steps += 1
+        self.images += images
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(self.steps, 1) for k, v in self.sums.items()}
+
+
+class Trainer:
+    """The state and steps of one training run; :func:`fit` is the public entry point."""
+
+    def __init__(self, *, run_name: str, backbone: "nn.Module", objective: "nn.Module", dataset: Any,
+                 optim: OptimParams, run_dir: Path, config: dict[str, Any], seed: int, tracker: Any,
+                 extra_batch_fn: Callable[[Batch], Batch] | None, eval_fn: EvalFn | None,
+                 dist: DistInfo, log_every: int) -> None:
+        import torch
+
+        self.run_name, self.optim, self.run_dir = run_name, optim, Path(run_dir)
+        self.config, self.config_hash = config, ckpt.config_hash(config)
+        self.seed, self.dist, self.log_every = seed, dist, max(1, log_every)
+        self.tracker = tracker if dist.is_main else NullTracker()
+        self.extra_batch_fn, self.eval_fn = extra_batch_fn, eval_fn
+        self.dataset = dataset
+        self.plan = StepPlan.build(len(dataset), optim, dist)
+        self.device = dist.device
+        self.amp_dtype = _amp_dtype(optim.amp, self.device)
+        self.backbone = backbone.to(self.device)
+        if optim.channels_last:
+            self.backbone = self.backbone.to(memory_format=torch.channels_last)
+        self.objective = objective.to(self.device)
+        # An objective that shards or syncs itself across ranks (PartialFC) sets this flag.
+        self.objective_synced = bool(getattr(objective, "handles_distributed", False))
+        self.train_params = [p for p in list(backbone.parameters()) + list(objective.parameters()) if p.requires_grad]
+        self.optimizer = build_optimizer(
+            [{"params": [p for p in backbone.parameters() if p.requires_grad]},
+             {"params": [p for p in objective.parameters() if p.requires_grad]}], optim)
+        self.scheduler = build_scheduler(self.optimizer, optim, self.plan.steps_per_epoch)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.sampler = EpochBatches(len(dataset), self.plan, dist, seed)
+        self.loader_gen = torch.Generator()
+        self.loader = self._make_loader()
+        self.step = 0
+        self.summary: dict[str, Any] = {"images": 0, "train_seconds": 0.0, "loss": {}}
+        self.eval_metrics: dict[str, float] = {}
+        self.run_id: str | None = None
+        self.model: "nn.Module" = self.backbone
+        self._clock = time.perf_counter()
+        self._saved_step = -1
+        self._eval_step = -1
+
+    def _make_loader(self) -> Any:
+        import torch
+
+        from facekd.data.dataset import collate, worker_init_fn
+
+        return torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=self.sampler, num_workers=self.optim.workers, collate_fn=collate,
+            worker_init_fn=worker_init_fn(self.dist.rank), generator=self.loader_gen,
+            pin_memory=self.device.type == "cuda", persistent_workers=False)
+
+    # ---- state -------------------------------------------------------------------------------
+
+    def _sharded(self) -> dict[str, "torch.nn.Parameter"]:
+        """Objective parameters split by rows across ranks (PartialFC's centres), by state_dict name."""
+        declared = getattr(self.objective, "sharded_parameters", None)
+        return dict(declared()) if declared is not None and self.dist.distributed else {}
+
+    def _sharded_optimizer_slots(self) -> dict[int, int]:
+        """Optimizer state index -> local row count, for every sharded parameter."""
+        rows = {id(p): p.shape[0] for p in self._sharded().values()}
+        order = [p for group in self.optimizer.param_groups for p in group["params"]]
+        return {i: rows[id(p)] for i, p in enumerate(order) if id(p) in rows}
+
+    def _objective_state(self) -> dict[str, Any]:
+        state = dict(self.objective.state_dict())
+        for name, param in self._sharded().items():
+            state[name] = gather_shards(param.detach(), self.dist)  # (C, d) in class order
+        return state
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        state = self.optimizer.state_dict()
+        slots = dict(state["state"])  # the per-parameter dicts are the optimizer's own: copy, never edit
+        for index, rows in self._sharded_optimizer_slots().items():
+            if index in slots:
+                slots[index] = {k: gather_shards(v, self.dist) if _is_rows(v, rows) else v
+                                for k, v in slots[index].items()}
+        return {**state, "state": slots}
+
+    def state_dict(self) -> dict[str, Any]:
+        """The checkpoint; collective (every rank calls it), independent of the number of ranks."""
+        return {
+            "format": 1,
+            "step": self.step,
+            "epoch": self.step // self.plan.steps_per_epoch,
+            "model": unwrap(self.model).state_dict(),
+            "objective": self._objective_state(),
+            "optimizer": self._optimizer_state(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
+            "rng": ckpt.capture_rng(),
+            "config_hash": self.config_hash,
+            "config": self.config,
+            "mlflow_run_id": self.run_id,
+            "summary": self.summary,
+            "world_size": self.dist.world_size,
+        }
+
+    def _load_objective(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        for name, param in self._sharded().items():
+            state[name] = take_shard(state[name], param.shape[0], self.dist)
+        self.objective.load_state_dict(state)
+
+    def _load_optimizer(self, state: dict[str, Any]) -> None:
+        slots = dict(state["state"])
+        for index, rows in self._sharded_optimizer_slots().items():
+            if index in slots:
+                full_rows = self._sharded_full_rows(rows)
+                slots[index] = {k: take_shard(v, rows, self.dist) if _is_rows(v, full_rows) else v
+                                for k, v in slots[index].items()}
+        self.optimizer.load_state_dict({**state, "state": slots})
+
+    def _sharded_full_rows(self, local_rows: int) -> int:
+        """Rows of a gathered sharded tensor: the sum of every rank's rows (collective)."""
+        import torch
+
+        total = torch.tensor([local_rows], device=self.device)
+        return int(all_reduce_sum(total, self.dist))
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Load a checkpoint (config already checked) into every component."""
+        self.backbone.load_state_dict(state["model"])
+        self._load_objective(state["objective"])
+        self._load_optimizer(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler.is_enabled() and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        self.summary = state.get("summary", self.summary)
+        if self.dist.is_main:
+            ckpt.restore_rng(state["rng"])
+        else:
+            seed_everything(_derived_seed(self.seed, self.dist.rank, self.step) % 2**32)
+        log.info("resumed %s from step %d of %d", self.run_dir, self.step, self.plan.total_steps)
+
+    def save(self) -> None:
+        """Checkpoint: built on every rank (sharded state is gathered), written by rank 0."""
+        state = self.state_dict()
+        if self.dist.is_main:
+            ckpt.save_checkpoint(self.run_dir / ckpt.LAST, state)
+
+    def prepare(self) -> None:
+        """Resume if a checkpoint exists (else seed), sync ranks, wrap DDP, start tracking."""
+        state = ckpt.load_latest(self.run_dir)
+        if state is not None:
+            ckpt.check_config(state, self.config, self.run_dir)
+            self.restore(state)
+        else:
+            seed_everything(_derived_seed(self.seed, self.dist.rank, 0) % 2**32)
+        if not self.objective_synced:
+            broadcast_state(self.objective, self.dist)
+        self.model = wrap_backbone(self.backbone, self.dist)  # DDP broadcasts rank 0's weights
+        tags = {"facekd.run": self.run_name, "facekd.world_size": str(self.dist.world_size)}
+        resume_id = state.get("mlflow_run_id") if state else None
+        self.run_id = self.tracker.start(self.run_name, ckpt.flat_items(self.config), tags, self.config,
+                                         resume_run_id=resume_id)
+
+    # ---- one step ------------------------------------------------------------------------------
+
+    def _to_device(self, batch: Batch) -> Batch:
+        from facekd.data.dataset import normalize_batch
+
+        out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if k != "image"}
+        out["image"] = normalize_batch(batch["image"], self.device, self.optim.channels_last)
+        out["step"] = self.step
+        out["epoch"] = self.step / self.plan.steps_per_epoch
+        return self.extra_batch_fn(out) if self.extra_batch_fn else out
+
+    def _forward(self, batch: Batch) -> dict[str, "torch.Tensor"]:
+        import torch
+
+        with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                            enabled=self.amp_dtype is not None):
+            emb = self.model(batch["image"])  # (B, d)
+        out = self.objective(emb.float(), batch)
+        if "loss" not in out:
+            raise TrainingError(f"the training objective {type(self.objective).__name__} returned no 'loss' "
+                                f"(keys: {sorted(out)})")
+        return out
+
+    def _reduce_parts(self, out: dict[str, "torch.Tensor"], stop: bool) -> tuple[dict[str, float], bool]:
+        """Mean of every loss part over ranks, plus the OR of the stop flags; non-finite -> error."""
+        import torch
+
+        names = sorted(out)
+        values = torch.stack([out[k].detach().float().reshape(()) for k in names]
+                             + [torch.tensor(float(stop), device=self.device)])
+        values = all_reduce_sum(values, self.dist).cpu()
+        parts = {k: float(v) / self.dist.world_size for k, v in zip(names, values[:-1])}
+        bad = [k for k, v in parts.items() if not math.isfinite(v)]
+        if bad:
+            shown = ", ".join(f"{k}={parts[k]}" for k in bad)
+            raise TrainingError(
+                f"{self.run_name}: non-finite loss at step {self.step + 1} (epoch {self.step // self.plan.steps_per_epoch + 1}):"
+                f" {shown}. Nothing was updated; the last checkpoint in {self.run_dir}/ is from step <= {self.step}. "
+                "Lower optim.lr, keep optim.clip_grad_norm > 0, or check the data")
+        return parts, bool(values[-1] > 0)
+
+    def _grad_norm(self) -> float:
+        import torch
+
+        max_norm = self.optim.clip_grad_norm if self.optim.clip_grad_norm > 0 else float("inf")
+        norm = float(torch.nn.utils.clip_grad_norm_(self.train_params, max_norm))
+        if not math.isfinite(norm) and not self.scaler.is_enabled():  # fp16 skips such steps itself
+            raise TrainingError(
+                f"{self.run_name}: non-finite gradient norm at step {self.step + 1} (grad_norm={norm}); "
+                f"nothing was updated; lower optim.lr or set optim.clip_grad_norm > 0")
+        return norm
+
+    def train_step(self, micro_batches: list[Batch], stop_requested: Callable[[], bool]) -> tuple[dict[str, float], bool]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns (loss parts, stop?)."""
+        sums: dict[str, float] = {}
+        stop = False
+        for a, raw in enumerate(micro_batches):
+            last = a == len(micro_batches) - 1
+            sync = contextlib.nullcontext() if last or not hasattr(self.model, "no_sync") else self.model.no_sync()
+            with sync:
+                out = self._forward(self._to_device(raw))
+                parts, stop_any = self._reduce_parts(out, stop_requested())
+                stop = stop or stop_any
+                self.scaler.scale(out["loss"] / len(micro_batches)).backward()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v / len(micro_batches)
+        self.scaler.unscale_(self.optimizer)
+        if not self.objective_synced:
+            average_gradients([p for p in self.objective.parameters() if p.requires_grad], self.dist)
+        sums["grad_norm"] = self._grad_norm()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return sums, stop
+
+    # ---- epochs --------------------------------------------------------------------------------
+
+    def _micro_batches(self) -> Iterator[list[Batch]]:
+        """Group the loader's micro-batches of every remaining epoch into steps."""
+        while self.step < self.plan.total_steps:
+            epoch, offset = divmod(self.step, self.plan.steps_per_epoch)
+            self.sampler.set_epoch(epoch, offset)
+            self.dataset.set_epoch(epoch)
+            self.loader_gen.manual_seed(_derived_seed(self.seed, epoch, 1))
+            group: list[Batch] = []
+            for batch in self.loader:
+                group.append(batch)
+                if len(group) == self.plan.grad_accum:
+                    yield group
+                    group = []
+
+    def _log(self, window: _Window) -> None:
+        elapsed = time.perf_counter() - window.started
+        means = window.means()
+        metrics = {f"train/{k}": v for k, v in means.items()}
+        metrics["train/lr"] = self.scheduler.get_last_lr()[0]
+        metrics["train/img_per_s"] = window.images / elapsed if elapsed > 0 else 0.0
+        metrics["train/epoch"] = self.step / self.plan.steps_per_epoch
+        if self.scaler.is_enabled():
+            metrics["train/amp_scale"] = float(self.scaler.get_scale())
+        self.tracker.log_metrics(metrics, self.step)
+        self.summary["loss"] = {k: v for k, v in means.items() if k != "grad_norm"}
+
+    def _evaluate(self) -> None:
+        import torch
+
+        if self.eval_fn is None or not self.dist.is_main:
+            return
+        self.backbone.eval()
+        try:
+            with torch.random.fork_rng(devices=[]), torch.no_grad():  # eval must not shift training RNG
+                metrics = self.eval_fn(self.backbone, self.step)
+        finally:
+            self.backbone.train()
+        self.eval_metrics = {k: float(v) for k, v in metrics.items()}
+        self._eval_step = self.step
+        self.tracker.log_metrics(self.eval_metrics, self.step)
+
+    def _due(self, every: int) -> bool:
+        return every > 0 and self.step % every == 0
+
+    def _save(self) -> None:
+        """Checkpoint now, adding the training time since the previous save to the summary."""
+        if self.step == self._saved_step:
+            return
+        now = time.perf_counter()
+        self.summary["train_seconds"] += now - self._clock
+        self._clock = now
+        self.save()
+        self._saved_step = self.step
+
+    def run(self, signals: _StopSignals, max_steps: int | None) -> bool:
+        """Train to the end, to ``max_steps`` or to a stop signal (on any rank).
+
+        Returns True when training stopped before the last step (resumable).
+        """
+        from tqdm import tqdm
+
+        limit = min(self.plan.total_steps, max_steps if max_steps is not None else self.plan.total_steps)
+        self.backbone.train()
+        self.objective.train()
+        self._clock, self._saved_step = time.perf_counter(), self.step
+        bar = tqdm(total=self.plan.total_steps, initial=self.step, unit="step", desc=self.run_name,
+                   disable=not (self.dist.is_main and sys.stderr.isatty()), dynamic_ncols=True)
+        window = _Window.open()
+        stop = False
+        try:
+            steps = self._micro_batches() if self.step < limit else iter(())
+            for group in steps:
+                parts, stop = self.train_step(group, lambda: signals.signum != 0)
+                window.add(parts, self.plan.global_batch)
+                self.summary["images"] += self.plan.global_batch
+                bar.update(1)
+                final = stop or self.step >= limit
+                if self._due(self.log_every) or final:
+                    self._log(window)
+                    bar.set_postfix(loss=f"{parts['loss']:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.3g}")
+                    window = _Window.open()
+                if self._due(self.optim.eval_every):
+                    self._evaluate()
+                if final or self._due(self.optim.checkpoint_every) or self._due(self.plan.steps_per_epoch):
+                    self._save()
+                if final:
+                    break
+        finally:
+            bar.close()
+        self._save()
+        if self.step >= self.plan.total_steps and self._eval_step != self.step:
+            self._evaluate()
+        return stop or self.step < self.plan.total_steps
+
+    def result(self) -> dict[str, Any]:
+        seconds = float(self.summary["train_seconds"])
+        return {
+            "step": self.step,
+            "total_steps": self.plan.total_steps,
+            "epochs": self.plan.epochs,
+            "completed": self.step >= self.plan.total_steps,
+            "images": int(self.summary["images"]),
+            "train_seconds": seconds,
+            "img_per_s": self.summary["images"] / seconds if seconds > 0 else 0.0,
+            "loss": dict(self.summary["loss"]),
+            "eval": dict(self.eval_metrics),
+            "mlflow_run_id": self.run_id,
+        }
+
+
+def fit(*, run_name: str, backbone: "nn.Module", objective: "nn.Module", dataset: Any, optim: OptimParams,
+        run_dir: Path, config: dict[str, Any], seed: int, tracker: Any,
+        extra_batch_fn: Callable[[Batch], Batch] | None = None, eval_fn: EvalFn | None = None,
+        dist: DistInfo | None = None, max_steps: int | None = None, log_every: int = 10) -> dict[str, Any]:
+    """Train ``backbone`` + ``objective`` on ``dataset``, resuming from ``run_dir`` when possible.
+
+    ``config``: the JSON-like config that defines this run (hashed into the checkpoint; a different
+    config refuses to resume). ``extra_batch_fn(batch) -> batch`` adds keys (e.g. cached teacher
+    features by ``batch["index"]`` and ``batch["flip"]``) to the device batch before the forward.
+    ``eval_fn(backbone, step) -> metrics`` runs on rank 0 every ``optim.eval_every`` steps and at the
+    end. ``max_steps`` stops (with a checkpoint) once that many steps are done. Returns the final
+    metrics (see :meth:`Trainer.result`); a run that is already complete does no step.
+    """
+    dist = dist or current_dist()
+    with _determinism(optim.deterministic):
+        trainer = Trainer(run_name=run_name, backbone=backbone, objective=objective, dataset=dataset,
+                          optim=optim, run_dir=Path(run_dir), config=_plain_config(config), seed=seed,
+                          tracker=tracker, extra_batch_fn=extra_batch_fn, eval_fn=eval_fn, dist=dist,
+                          log_every=log_every)
+        trainer.prepare()
+        status = "FAILED"
+        with _StopSignals() as signals:
+            try:
+                stopped = trainer.run(signals, max_steps)
+                status = "KILLED" if stopped else "FINISHED"
+            except KeyboardInterrupt:
+                status = "KILLED"
+                raise
+            finally:
+                trainer.tracker.end(status)
+            if stopped and (signals.signum or max_steps is None):
+                # A signal here or on another rank (which then stopped us all): exit like the signal.
+                raise SystemExit(128 + (signals.signum or signal.SIGTERM))
+        return trainer.result()
+
