@@ -1,0 +1,14 @@
+"""Prefect orchestration for facekd: *when* the pipeline runs, never *what* is stale.
+
+DVC decides what is stale (hashes of deps, params, outs) and Prefect decides when to run,
+how often to retry and what to do after. Every flow here talks to the project only through
+subprocesses (``dvc ...`` and the ``facekd`` console script of the same environment), so this
+package never imports torch and does no task caching of its own.
+
+Flows (each module also runs as ``python -m pipelines.<name> --help``):
+
+- :func:`pipelines.reproduce.reproduce` - one task per DVC stage in DAG order.
+- :func:`pipelines.retrain.retrain` - new training data -> reproduce -> promote.
+- :func:`pipelines.promote.promote` - the champion/challenger gate (``facekd promote``).
+- :mod:`pipelines.serve` - serves ``retrain`` on the cron schedule from ``params.yaml``.
+"""
