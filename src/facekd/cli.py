@@ -82,6 +82,116 @@ def train_teacher(ctx: click.Context) -> None:
     stage.run(_params(ctx))
 
 
+@cli.command("teacher-features")
+@click.option("--teacher", default="teacher", show_default=True, type=click.Choice(["teacher", "teacher_shkd"]),
+              help="Which teacher's embeddings to cache.")
+@click.pass_context
+def teacher_features(ctx: click.Context, teacher: str) -> None:
+    """Cache the frozen teacher's embeddings of every training image and its flip -> features/<teacher>."""
+    from facekd.stages import teacher_features as stage
+
+    stage.run(_params(ctx), teacher)
+
+
+@cli.command()
+@click.argument("method")
+@click.pass_context
+def distill(ctx: click.Context, method: str) -> None:
+    """Train (or resume) the student with one distillation METHOD -> models/METHOD."""
+    from facekd.stages import distill as stage
+
+    stage.run(_params(ctx), method)
+
+
+@cli.command("shkd-teacher")
+@click.pass_context
+def shkd_teacher(ctx: click.Context) -> None:
+    """SH-KD step 2: fine-tune the teacher through the `none` student's frozen head -> models/teacher_shkd."""
+    from facekd.stages import shkd_teacher as stage
+
+    stage.run(_params(ctx))
+
+
+@cli.command()
+@click.argument("model")
+@click.pass_context
+def evaluate(ctx: click.Context, model: str) -> None:
+    """Run every benchmark in data/eval for MODEL (teacher or a method) -> metrics/eval/MODEL.json."""
+    from facekd.stages import evaluate as stage
+
+    stage.run(_params(ctx), model)
+
+
+@cli.command()
+@click.pass_context
+def report(ctx: click.Context) -> None:
+    """Write the leaderboard (reports/leaderboard.md/.html/.png) and the combined ROC plot."""
+    from facekd.stages import report as stage
+
+    stage.run(_params(ctx))
+
+
+@cli.command()
+@click.argument("model")
+@click.pass_context
+def export(ctx: click.Context, model: str) -> None:
+    """Export MODEL to exports/MODEL.onnx and check it (parity, MFR rules, latency) -> reports/export/MODEL.json."""
+    from facekd.stages import export as stage
+
+    stage.run(_params(ctx), model)
+
+
+@cli.command()
+@click.argument("model", required=False)
+@click.pass_context
+def register(ctx: click.Context, model: str | None) -> None:
+    """Register the best student (or MODEL) in MLflow with alias `candidate` -> reports/registry.json."""
+    from facekd.stages import register as stage
+
+    stage.run(_params(ctx), model)
+
+
+@cli.command()
+@click.pass_context
+def promote(ctx: click.Context) -> None:
+    """Move alias `champion` to the candidate if it passed its checks and beats the champion."""
+    from facekd.stages.promote import promote as gate
+
+    click.echo(gate(_params(ctx))["summary"])
+
+
+@cli.command()
+@click.pass_context
+def rollback(ctx: click.Context) -> None:
+    """Return alias `champion` to the previous champion (recorded in the version tags)."""
+    from facekd.stages.promote import rollback as undo
+
+    click.echo(undo(_params(ctx))["summary"])
+
+
+@cli.command("import-insightface")
+@click.argument("backbone_pth", type=click.Path(exists=True, dir_okay=False))
+@click.option("--arch", required=True, help="Backbone name, e.g. iresnet50 (see `facekd models`).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Model folder to write.")
+@click.option("--embedding-size", default=512, show_default=True)
+@click.option("--head-shard", "head_shards", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="PartialFC checkpoint_gpu_{rank}.pt files, in rank order (repeat the option).")
+def import_insightface(backbone_pth: str, arch: str, out_dir: str, embedding_size: int, head_shards: tuple[str, ...]) -> None:
+    """Import an insightface arcface_torch backbone.pth (and optional PartialFC head shards) as a model folder."""
+    from facekd.models.insightface_import import import_insightface as do_import
+
+    click.echo(json.dumps(do_import(backbone_pth, arch, out_dir, embedding_size=embedding_size,
+                                    head_shards=head_shards), indent=2, default=str))
+
+
+@cli.command()
+def models() -> None:
+    """List the registered backbones with parameters and GMACs at 112x112."""
+    from facekd.models.registry import model_table
+
+    click.echo(model_table())
+
+
 @cli.group()
 def data() -> None:
     """Inspect face datasets in their real formats."""

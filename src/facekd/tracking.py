@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -50,6 +51,11 @@ def default_tags(stage: str | None = None) -> dict[str, str]:
     if stage:
         tags["dvc.stage"] = stage
     return tags
+
+
+def metric_name(name: str) -> str:
+    """MLflow-safe metric name: ``ijb.tar@far=1e-4`` -> ``ijb.tar_at_far_1e-4``."""
+    return re.sub(r"[^\w\-. :/]", "_", name.replace("@", "_at_"))
 
 
 class Tracker:
@@ -137,7 +143,7 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
+        batch = [Metric(metric_name(k), float(v), now, int(step)) for k, v in metrics.items()]
         self._client.log_batch(self.run_id, metrics=batch)
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:

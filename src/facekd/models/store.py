@@ -31,6 +31,11 @@ META_FILE = "meta.json"
 REQUIRED_META = ("arch", "embedding_size", "width", "dropout")
 
 
+
+def model_dir(name: str) -> Path:
+    """The folder of a trained model: ``models/teacher``, ``models/teacher_shkd``, ``models/<method>``."""
+    return Path("models") / name
+
 def _unwrap(model: nn.Module) -> nn.Module:
     """The plain module inside DDP (``.module``) or torch.compile (``._orig_mod``) wrappers."""
     while True:

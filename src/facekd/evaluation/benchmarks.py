@@ -1,0 +1,101 @@
+"""Run every benchmark found in an evaluation folder against one model.
+
+The folder layout is the prepared one (``data/eval``):
+- ``*.bin``                      verification pair sets (LFW, CFP-FP, ... or the synthetic ones);
+- ``ijb/meta/<name>_*.txt``      IJB-B/C style 1:1 (and 1:N when the CSVs exist) protocols;
+- ``mfr/probes/<id>/*``,
+  ``mfr/gallery/<id>/*``         MFR-style masked probes vs unmasked gallery (identity folders).
+
+Each benchmark returns ``(metrics, roc)`` where ``roc`` is ``(fpr, tpr)`` for the plots.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from facekd.config import EvaluateParams
+
+log = logging.getLogger(__name__)
+
+# embed(name, images (N,112,112,3) uint8 RGB) -> (N, 2d) [feature, feature of the flip]
+Embedder = Callable[[str, np.ndarray], np.ndarray]
+Result = tuple[dict, tuple[np.ndarray, np.ndarray] | None]
+
+
+def verification_set(path: Path, embed: Embedder, cfg: EvaluateParams) -> Result:
+    from facekd.data.bins import decode_bin
+    from facekd.evaluation.embed import flip_sum_normalize
+    from facekd.evaluation.metrics import roc
+    from facekd.evaluation.verification import pair_embeddings, verification_metrics
+
+    images, issame = decode_bin(path)
+    emb = flip_sum_normalize(embed(path.stem, images))
+    a, b = pair_embeddings(emb)
+    metrics = verification_metrics(a, b, issame, fars=tuple(f for f in cfg.far_targets if f >= 1e-3))
+    # Cosine of unit vectors: higher = more alike, what the ROC wants.
+    fpr, tpr, _ = roc(np.sum(a * b, axis=1), issame.astype(np.int8))
+    return metrics, (fpr, tpr)
+
+
+def _ijb_images(protocol) -> np.ndarray:
+    from facekd.data.ijb import align_face
+    from facekd.data.images import read_image_file
+
+    out = np.empty((len(protocol.images), 112, 112, 3), np.uint8)
+    for i, (name, marks) in enumerate(zip(protocol.images["image_name"], protocol.landmarks, strict=True)):
+        out[i] = align_face(read_image_file(protocol.image_path(name)), marks)
+    return out
+
+
+def ijb_protocol(root: Path, name: str, embed: Embedder, cfg: EvaluateParams) -> Result:
+    from facekd.data.ijb import load_ijb
+    from facekd.evaluation import ijb
+    from facekd.evaluation.metrics import SortedScores, verification_report
+
+    protocol = load_ijb(root, name)
+    feats = embed(f"ijb-{name}", _ijb_images(protocol))  # (N, 2d) [image, flip]
+    images = protocol.images
+    modes = {"use_flip_feats": cfg.ijb_flip, "norm": cfg.ijb_norm, "detector": cfg.ijb_detector}
+    columns = (feats, images["template_id"].to_numpy(), images["media_id"].to_numpy(), images["faceness"].to_numpy())
+    # Score once; the same sorted scores give the TAR@FAR report and the ROC curve.
+    sorted_scores = SortedScores.from_scores(ijb.ijb_scores(*columns, protocol.pairs, **modes), protocol.labels)
+    metrics = {**verification_report(sorted_scores, cfg.far_targets), "modes": modes}
+    if protocol.gallery is not None and protocol.probes is not None:
+        templates, template_feats = ijb.ijb_template_features(*columns, **modes)
+        metrics.update(ijb.ijb_1toN(templates, template_feats, protocol.gallery, protocol.probes,
+                                    cfg.fpir_targets, (1, 5, 10)))
+    return metrics, sorted_scores.roc_curve()
+
+
+def masked_set(root: Path, embed: Embedder, cfg: EvaluateParams) -> Result:
+    from facekd.data.folder import scan_identity_folders
+    from facekd.data.images import read_image_file
+    from facekd.evaluation.embed import flip_sum_normalize
+    from facekd.evaluation.masked import masked_roc, masked_verification
+
+    sides = {}
+    for side in ("probes", "gallery"):
+        paths, _, names = scan_identity_folders(root / side)
+        ids = np.array([p.parent.name for p in paths])
+        images = np.stack([read_image_file(p) for p in paths])
+        sides[side] = (flip_sum_normalize(embed(f"mfr-{side}", images)), ids)
+    (pe, pid), (ge, gid) = sides["probes"], sides["gallery"]
+    return masked_verification(pe, pid, ge, gid, far=cfg.mfr_far), masked_roc(pe, pid, ge, gid)
+
+
+def benchmarks(eval_dir: Path) -> Iterator[tuple[str, Callable[[Embedder, EvaluateParams], Result]]]:
+    """(name, run) for every benchmark present in ``eval_dir``."""
+    from facekd.data.ijb import protocol_names
+
+    for path in sorted(eval_dir.glob("*.bin")):
+        yield path.stem, lambda embed, cfg, path=path: verification_set(path, embed, cfg)
+    ijb_root = eval_dir / "ijb"
+    if (ijb_root / "meta").is_dir():
+        for name in protocol_names(ijb_root):
+            key = "ijb" if name == "ijbs" else name
+            yield key, lambda embed, cfg, name=name: ijb_protocol(ijb_root, name, embed, cfg)
+    if (eval_dir / "mfr" / "probes").is_dir():
+        yield "mfr", lambda embed, cfg: masked_set(eval_dir / "mfr", embed, cfg)

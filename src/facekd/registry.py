@@ -1,0 +1,587 @@
+"""MLflow model registry: the best student becomes ``candidate``; a gate moves ``champion``.
+
+- :func:`register_candidate` logs the exported ONNX model (MLflow ``onnx`` flavour with signature
+  and input example), the PyTorch weights, the export report and a model card to a new MLflow run,
+  registers it under ``registry.model_name`` and points alias ``candidate`` at it. A version is
+  identified by the sha256 of its ONNX file (version tag ``onnx_sha256``): registering the same file
+  again reuses that version.
+- :func:`promote` moves ``champion`` to the candidate only if its export checks passed, it has the
+  gate metric, and it beats the champion by strictly more than ``registry.min_improvement``
+  (a tie never promotes). Each promotion tags the new champion with ``previous_champion``,
+  ``promoted_at`` and ``metric_delta``; those tags form the chain :func:`rollback` walks back.
+- Every problem is a :class:`RegistryError` raised before any alias moves, so the champion is
+  never left half-changed.
+
+Everything goes through an explicit ``MlflowClient`` (no global tracking URI, no active run).
+The URI is ``MLFLOW_TRACKING_URI`` when set, else ``tracking.uri``.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from facekd.config import Params
+from facekd.errors import FacekdError, RegistryError
+from facekd.fsio import write_json
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.tracking import MlflowClient
+
+log = logging.getLogger(__name__)
+
+CANDIDATE = "candidate"
+CHAMPION = "champion"
+MODEL_ARTIFACT = "model"
+METRICS_DIR = Path("metrics/eval")
+REGISTRY_REPORT = Path("reports/registry.json")
+HISTORY_TAG = "champion_history"
+HISTORY_KEEP = 50
+NO_VERSION = "none"
+# An unreachable server must fail in seconds, not after MLflow's default 7 retries with backoff.
+FAST_FAIL_ENV = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+_MISSING = object()
+
+
+# --- connection -----------------------------------------------------------------------------------
+
+
+def tracking_uri(params: Params) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or params.tracking.uri
+
+
+@contextlib.contextmanager
+def _fast_fail_env() -> Iterator[None]:
+    """Set the fast-fail HTTP settings for the duration (a user's own values win)."""
+    added = [key for key in FAST_FAIL_ENV if key not in os.environ]
+    os.environ.update({key: FAST_FAIL_ENV[key] for key in added})
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+@contextlib.contextmanager
+def open_registry(params: Params) -> Iterator[MlflowClient]:
+    """A client on the tracking/registry URI, checked reachable; MLflow errors become RegistryError."""
+    uri = tracking_uri(params)
+    with _fast_fail_env():
+        from mlflow.exceptions import MlflowException
+        from mlflow.tracking import MlflowClient
+
+        try:
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            client.search_registered_models(max_results=1)
+        except Exception as err:  # noqa: BLE001 - connection, SQL and HTTP failures all mean "unreachable"
+            raise RegistryError(
+                f"cannot reach MLflow at {uri} ({_short(err)}); start the tracking server or fix "
+                "MLFLOW_TRACKING_URI / tracking.uri in params.yaml. The champion was not changed."
+            ) from None
+        try:
+            yield client
+        except MlflowException as err:
+            raise RegistryError(f"MLflow at {uri}: {_short(err)}. The champion was not changed.") from None
+
+
+def _short(err: BaseException, limit: int = 400) -> str:
+    text = getattr(err, "message", None) or str(err) or type(err).__name__
+    first = text.strip().splitlines()[0] if text.strip() else text
+    return first[:limit]
+
+
+# --- evaluation metrics ---------------------------------------------------------------------------
+
+
+def metrics_path(model_name: str) -> Path:
+    return METRICS_DIR / f"{model_name}.json"
+
+
+def read_eval_metrics(model_name: str) -> dict[str, Any]:
+    """``metrics/eval/<model>.json`` (written by the evaluate stage)."""
+    path = metrics_path(model_name)
+    try:
+        metrics = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RegistryError(
+            f"{path}: no evaluation metrics for model '{model_name}'; run `facekd evaluate {model_name}` first"
+        ) from None
+    except (OSError, ValueError) as err:
+        raise RegistryError(f"{path}: unreadable or not JSON ({err}); re-run `facekd evaluate {model_name}`") from None
+    if not isinstance(metrics, dict):
+        raise RegistryError(f"{path}: expected a JSON object of metrics, got {type(metrics).__name__}")
+    return metrics
+
+
+def lookup(tree: Any, dotted: str) -> Any:
+    """``tree["ijb"]["tar@far=1e-4"]`` for ``"ijb.tar@far=1e-4"``; a key may itself contain dots."""
+    if isinstance(tree, dict):
+        if dotted in tree:
+            return tree[dotted]
+        for key in tree:
+            if isinstance(key, str) and dotted.startswith(key + "."):
+                found = lookup(tree[key], dotted[len(key) + 1 :])
+                if found is not _MISSING:
+                    return found
+    return _MISSING
+
+
+def gate_value(metrics: dict[str, Any], metric: str, *, model: str, source: str) -> float:
+    """The gate metric as a float; RegistryError naming the model, source and key otherwise."""
+    value = lookup(metrics, metric)
+    if value is _MISSING or value is None:
+        top = ", ".join(sorted(str(k) for k in metrics)) or "nothing"
+        why = "is null (no such operating point)" if value is None else f"is missing (top-level keys: {top})"
+        raise RegistryError(
+            f"{source}: gate metric '{metric}' of model '{model}' {why}; "
+            "evaluate it on that benchmark or change registry.gate_metric"
+        )
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise RegistryError(f"{source}: gate metric '{metric}' of model '{model}' is {value!r}, not a finite number")
+    return float(value)
+
+
+def select_best(model_names: list[str] | tuple[str, ...], gate_metric: str) -> str:
+    """The student with the highest gate metric; ties go to fewer parameters. Never the teacher."""
+    students = [name for name in model_names if name != "teacher"]
+    if not students:
+        raise RegistryError(f"no student to choose from (got {list(model_names)}); distill at least one method")
+
+    def rank(name: str) -> tuple[float, float]:
+        metrics = read_eval_metrics(name)
+        params_m = metrics.get("params_m")
+        size = float(params_m) if isinstance(params_m, (int, float)) else float("inf")
+        return gate_value(metrics, gate_metric, model=name, source=str(metrics_path(name))), -size
+
+    ranked = sorted(students, key=rank, reverse=True)
+    log.info("best student by %s: %s (of %s)", gate_metric, ranked[0], ", ".join(students))
+    return ranked[0]
+
+
+# --- registration ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """Everything on disk that goes into one registered version."""
+
+    model: str
+    model_dir: Path
+    onnx_path: Path
+    onnx_sha256: str
+    export_report: dict[str, Any]
+    metrics: dict[str, Any]
+    gate_metric: str
+    gate_value: float
+    meta: dict[str, Any]
+
+    @property
+    def checks_passed(self) -> bool:
+        return bool(self.export_report.get("checks", {}).get("passed"))
+
+
+def _read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RegistryError(f"{path}: {what} not found; {fix}") from None
+    except (OSError, ValueError) as err:
+        raise RegistryError(f"{path}: {what} unreadable ({err}); {fix}") from None
+
+
+def gather_candidate(params: Params, model_name: str) -> Candidate:
+    """Read the model's ONNX file, export report, metrics and meta; RegistryError if any is missing."""
+    import hashlib
+
+    from facekd.models.store import read_meta
+    from facekd.models.store import model_dir
+    from facekd.stages.export import onnx_path, report_path
+
+    fix = f"run `facekd export {model_name}` first"
+    path = onnx_path(model_name)
+    try:
+        sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        raise RegistryError(f"{path}: exported ONNX model of '{model_name}' not found; {fix}") from None
+    report = _read_json(report_path(model_name), "export report", fix)
+    if report.get("export", {}).get("sha256") not in (None, sha):
+        raise RegistryError(
+            f"{path}: file changed since its export report {report_path(model_name)} was written; {fix} again"
+        )
+    metrics = read_eval_metrics(model_name)
+    metric = params.registry.gate_metric
+    value = gate_value(metrics, metric, model=model_name, source=str(metrics_path(model_name)))
+    try:
+        meta = read_meta(model_dir(model_name))
+    except FacekdError as err:
+        raise RegistryError(f"model '{model_name}': {err}") from None
+    return Candidate(model_name, model_dir(model_name), path, sha, report, metrics, metric, value, meta)
+
+
+def _experiment_id(client: MlflowClient, name: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name)
+    except MlflowException:  # created by another process in between
+        return client.get_experiment_by_name(name).experiment_id
+
+
+def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        with contextlib.suppress(MlflowException):  # created by another process in between
+            client.create_registered_model(name, description="facekd: distilled face-recognition students (ONNX)")
+
+
+def _require_registered_model(client: MlflowClient, name: str) -> dict[str, str]:
+    """The registered model's tags; RegistryError if it does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return dict(client.get_registered_model(name).tags)
+    except MlflowException:
+        raise RegistryError(
+            f"registered model '{name}' not found in MLflow at {client.tracking_uri}; run `facekd register` first "
+            "(or check registry.model_name)"
+        ) from None
+
+
+def _by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def _find_version(client: MlflowClient, name: str, sha256: str) -> ModelVersion | None:
+    """The newest version of ``name`` whose ONNX file has this sha256."""
+    same = [mv for mv in client.search_model_versions(f"name='{name}'") if mv.tags.get("onnx_sha256") == sha256]
+    return max(same, key=lambda mv: int(mv.version), default=None)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _version_tags(cand: Candidate) -> dict[str, str]:
+    """Tags the gate reads later: everything it needs lives on the version itself."""
+    checks = cand.export_report.get("checks", {})
+    return {
+        "onnx_sha256": cand.onnx_sha256,
+        "model": cand.model,
+        "method": str(cand.meta.get("method", cand.model)),
+        "arch": str(cand.meta.get("arch")),
+        "export_checks_passed": "true" if cand.checks_passed else "false",
+        "export_failures": "; ".join(checks.get("failures", []))[:5000],
+        "gate_metric": cand.gate_metric,
+        "gate_value": repr(cand.gate_value),
+        "eval_metrics": json.dumps(cand.metrics, sort_keys=True),
+        "data_hash": str(cand.meta.get("data_hash")),
+        "params_m": str(cand.meta.get("params_m", cand.metrics.get("params_m"))),
+    }
+
+
+def _metric_key(path: str) -> str:
+    """An MLflow-safe metric name: ``ijb.tar@far=1e-4`` -> ``ijb.tar_far_1e-4``."""
+    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in path)
+
+
+def _flat_numbers(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat_numbers(value, f"{prefix}{key}."))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
+            out[_metric_key(f"{prefix}{key}")] = float(value)
+    return out
+
+
+def _write_model_files(cand: Candidate, git_commit: str | None, root: Path) -> None:
+    """The MLflow ONNX model, the model card and the export report, under ``root``."""
+    import mlflow.onnx
+    import onnx
+    import onnxruntime
+    from mlflow.models import ModelSignature
+    from mlflow.types import Schema, TensorSpec
+
+    from facekd.export.model_card import build_card, render_markdown
+    from facekd.export.onnx import IMAGE_SIZE, INPUT_NAME, OUTPUT_NAME
+
+    proto = onnx.load(str(cand.onnx_path))
+    dim = proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, IMAGE_SIZE, IMAGE_SIZE), INPUT_NAME)]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim), OUTPUT_NAME)]),
+    )
+    example = {INPUT_NAME: np.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)}  # a mid-grey image
+    mlflow.onnx.save_model(
+        proto,
+        str(root / MODEL_ARTIFACT),
+        signature=signature,
+        input_example=example,
+        pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
+        save_as_external_data=False,
+        metadata={"facekd_model": cand.model, "onnx_sha256": cand.onnx_sha256},
+    )
+    card = build_card(model=cand.model, meta=cand.meta, metrics=cand.metrics, export_report=cand.export_report,
+                      onnx_sha256=cand.onnx_sha256, gate_metric=cand.gate_metric, gate_value=cand.gate_value,
+                      git_commit=git_commit)
+    (root / "model_card").mkdir()
+    (root / "model_card" / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
+    (root / "model_card" / "model_card.md").write_text(render_markdown(card))
+    (root / "export").mkdir()
+    (root / "export" / "report.json").write_text(json.dumps(cand.export_report, indent=2, sort_keys=True) + "\n")
+
+
+def _log_version(client: MlflowClient, params: Params, cand: Candidate) -> ModelVersion:
+    """A new MLflow run holding the model and its files, registered as a new version."""
+    from mlflow.entities import Metric, Param
+
+    from facekd.tracking import default_tags, git_commit
+
+    commit = git_commit()
+    run = client.create_run(_experiment_id(client, params.tracking.experiment), run_name=f"register-{cand.model}",
+                            tags={**default_tags("register"), "facekd.model": cand.model})
+    run_id = run.info.run_id
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            _write_model_files(cand, commit, Path(tmp))
+            for sub in (MODEL_ARTIFACT, "model_card", "export"):
+                client.log_artifacts(run_id, str(Path(tmp) / sub), sub)
+        for name in ("backbone.pt", "meta.json"):
+            client.log_artifact(run_id, str(cand.model_dir / name), "pytorch")
+        now = int(datetime.now(timezone.utc).timestamp() * 1000)
+        numbers = {**_flat_numbers(cand.metrics), "gate": cand.gate_value}
+        fields = {"model": cand.model, "method": cand.meta.get("method", cand.model), "arch": cand.meta.get("arch"),
+                  "teacher": cand.meta.get("teacher"), "data_hash": cand.meta.get("data_hash"),
+                  "gate_metric": cand.gate_metric, "onnx_sha256": cand.onnx_sha256, "git_commit": commit}
+        client.log_batch(run_id, metrics=[Metric(k, v, now, 0) for k, v in sorted(numbers.items())],
+                         params=[Param(k, str(v)) for k, v in sorted(fields.items())])
+        tags = {**_version_tags(cand), "git_commit": str(commit), "registered_at": _now()}
+        version = client.create_model_version(
+            params.registry.model_name, source=f"{run.info.artifact_uri}/{MODEL_ARTIFACT}", run_id=run_id,
+            tags=tags, description=f"facekd student '{cand.model}'",
+        )
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return version
+
+
+def _refresh_tags(client: MlflowClient, name: str, version: ModelVersion, cand: Candidate) -> None:
+    """Same ONNX file again: keep the version, bring its gate tags up to date (e.g. re-evaluated)."""
+    for key, value in _version_tags(cand).items():
+        if version.tags.get(key) != value:
+            log.warning("version %s of %s: tag %s changes from %r to %r", version.version, name, key,
+                        version.tags.get(key, "")[:80], value[:80])
+            client.set_model_version_tag(name, version.version, key, value)
+
+
+def register_candidate(params: Params, model_name: str) -> dict[str, Any]:
+    """Register ``model_name``'s exported ONNX as alias ``candidate``; writes ``reports/registry.json``."""
+    cand = gather_candidate(params, model_name)
+    name = params.registry.model_name
+    with open_registry(params) as client:
+        _ensure_registered_model(client, name)
+        version = _find_version(client, name, cand.onnx_sha256)
+        reused = version is not None
+        if version is None:
+            version = _log_version(client, params, cand)
+        else:
+            _refresh_tags(client, name, version, cand)
+        client.set_registered_model_alias(name, CANDIDATE, version.version)
+    result = {
+        "registered_model": name,
+        "version": str(version.version),
+        "run_id": version.run_id,
+        "model": model_name,
+        "reused": reused,
+        "gate_metric": cand.gate_metric,
+        "gate_value": cand.gate_value,
+        "onnx_sha256": cand.onnx_sha256,
+        "export_checks_passed": cand.checks_passed,
+        "tracking_uri": tracking_uri(params),
+    }
+    # The file leaves out "reused" so an unchanged registration rewrites identical bytes (DVC output).
+    write_json(REGISTRY_REPORT, {k: v for k, v in result.items() if k != "reused"})
+    log.info("%s version %s (%s) is now '%s'%s", name, version.version, model_name, CANDIDATE,
+             " (reused)" if reused else "")
+    return result
+
+
+# --- promotion and rollback -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Decision:
+    promote: bool
+    reason: str
+    delta: float | None = None
+
+
+def version_metric(version: ModelVersion, metric: str, *, role: str) -> float:
+    """The gate metric of a registered version, from its ``eval_metrics`` tag."""
+    where = f"{role} version {version.version} (model '{version.tags.get('model', '?')}')"
+    try:
+        metrics = json.loads(version.tags.get("eval_metrics", "{}"))
+    except ValueError:
+        raise RegistryError(f"{where}: its eval_metrics tag is not JSON; register the model again") from None
+    return gate_value(metrics, metric, model=version.tags.get("model", "?"), source=f"{where}, tag eval_metrics")
+
+
+def decide(candidate: ModelVersion, champion: ModelVersion | None, metric: str, min_improvement: float) -> Decision:
+    """The promotion gate. RegistryError when the candidate must never be promoted as it stands."""
+    if champion is not None and str(champion.version) == str(candidate.version):
+        return Decision(False, f"candidate version {candidate.version} is already the champion")
+    if candidate.tags.get("export_checks_passed") != "true":
+        failures = candidate.tags.get("export_failures") or "no export check result recorded"
+        raise RegistryError(
+            f"candidate version {candidate.version} ('{candidate.tags.get('model', '?')}') failed its export checks "
+            f"({failures}); it cannot be promoted. Fix the export and register again. The champion was not changed."
+        )
+    value = version_metric(candidate, metric, role="candidate")
+    if candidate.tags.get("rolled_back_at"):
+        when = candidate.tags["rolled_back_at"]
+        return Decision(False, f"candidate version {candidate.version} was rolled back at {when}; register a new model")
+    if champion is None:
+        return Decision(True, f"no champion yet; candidate {metric} = {value:.6g}")
+    delta = value - version_metric(champion, metric, role="champion")
+    verdict = "beats" if delta > min_improvement else "does not beat"
+    reason = (f"candidate version {candidate.version} {verdict} champion version {champion.version} on {metric}: "
+              f"delta {delta:+.6g}, needs > {min_improvement:g}")
+    return Decision(delta > min_improvement, reason, delta)
+
+
+def _append_history(client: MlflowClient, name: str, tags: dict[str, str], event: dict[str, Any]) -> None:
+    try:
+        history = json.loads(tags.get(HISTORY_TAG, "[]"))
+    except ValueError:
+        history = []
+    history = [*history, event][-HISTORY_KEEP:]
+    client.set_registered_model_tag(name, HISTORY_TAG, json.dumps(history))
+
+
+def promote(params: Params) -> dict[str, Any]:
+    """Move ``champion`` to ``candidate`` if the gate allows it; returns the decision and its reason."""
+    name, metric = params.registry.model_name, params.registry.gate_metric
+    with open_registry(params) as client:
+        model_tags = _require_registered_model(client, name)
+        candidate = _by_alias(client, name, CANDIDATE)
+        if candidate is None:
+            raise RegistryError(f"registered model '{name}' has no '{CANDIDATE}' alias; run `facekd register` first")
+        champion = _by_alias(client, name, CHAMPION)
+        decision = decide(candidate, champion, metric, params.registry.min_improvement)
+        now = _now()
+        client.set_model_version_tag(name, candidate.version, "last_gate_decision", f"{now}: {decision.reason}")
+        result = {"registered_model": name, "candidate": str(candidate.version), "gate_metric": metric,
+                  "champion_before": str(champion.version) if champion else None, "promoted": decision.promote,
+                  "reason": decision.reason, "metric_delta": decision.delta}
+        if not decision.promote:
+            log.info("champion unchanged: %s", decision.reason)
+            return {**result, "champion": result["champion_before"]}
+        previous = str(champion.version) if champion else NO_VERSION
+        for key, value in {"promoted_at": now, "previous_champion": previous,
+                           "metric_delta": NO_VERSION if decision.delta is None else repr(decision.delta)}.items():
+            client.set_model_version_tag(name, candidate.version, key, value)
+        client.set_registered_model_alias(name, CHAMPION, candidate.version)
+        _append_history(client, name, model_tags, {"action": "promote", "version": str(candidate.version),
+                                                   "previous": previous, "at": now, "delta": decision.delta})
+    log.info("%s version %s is the new champion: %s", name, candidate.version, decision.reason)
+    return {**result, "champion": str(candidate.version)}
+
+
+def rollback(params: Params) -> dict[str, Any]:
+    """Return ``champion`` to the version it replaced (tag ``previous_champion``)."""
+    from mlflow.exceptions import MlflowException
+
+    name = params.registry.model_name
+    with open_registry(params) as client:
+        model_tags = _require_registered_model(client, name)
+        champion = _by_alias(client, name, CHAMPION)
+        if champion is None:
+            raise RegistryError(f"registered model '{name}' has no '{CHAMPION}'; nothing to roll back")
+        previous = champion.tags.get("previous_champion", NO_VERSION)
+        if previous == NO_VERSION:
+            raise RegistryError(
+                f"champion version {champion.version} of '{name}' was the first champion; "
+                "there is no earlier one to roll back to"
+            )
+        try:
+            client.get_model_version(name, previous)
+        except MlflowException:
+            raise RegistryError(
+                f"previous champion version {previous} of '{name}' no longer exists; the champion was not changed"
+            ) from None
+        now = _now()
+        client.set_model_version_tag(name, champion.version, "rolled_back_at", now)
+        client.set_model_version_tag(name, previous, "reinstated_at", now)
+        client.set_registered_model_alias(name, CHAMPION, previous)
+        _append_history(client, name, model_tags, {"action": "rollback", "version": previous,
+                                                   "previous": str(champion.version), "at": now})
+    log.info("%s: champion rolled back from version %s to %s", name, champion.version, previous)
+    return {"registered_model": name, "champion_before": str(champion.version), "champion": previous,
+            "rolled_back_at": now}
+
+
+# --- loading the champion -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChampionModel:
+    """The champion's ONNX graph in an onnxruntime session."""
+
+    name: str
+    version: str
+    uri: str
+    session: Any
+
+    def embed(self, images_uint8: np.ndarray) -> np.ndarray:
+        """(N, 112, 112, 3) uint8 RGB -> (N, d) float32 embeddings (not normalised)."""
+        from facekd.export.onnx import INPUT_NAME, to_input
+
+        return self.session.run(None, {INPUT_NAME: to_input(images_uint8)})[0]
+
+    __call__ = embed
+
+
+def load_champion(params: Params) -> ChampionModel:
+    """Download ``models:/<name>@champion`` (pinned to the version the alias points at) for inference."""
+    import mlflow.artifacts
+    import mlflow.onnx
+    import onnxruntime
+
+    name, uri_root = params.registry.model_name, tracking_uri(params)
+    with open_registry(params) as client:
+        _require_registered_model(client, name)
+        champion = _by_alias(client, name, CHAMPION)
+        if champion is None:
+            raise RegistryError(f"registered model '{name}' has no '{CHAMPION}' yet; run `facekd promote` first")
+        uri = f"models:/{name}/{champion.version}"
+        with tempfile.TemporaryDirectory() as tmp:
+            local = mlflow.artifacts.download_artifacts(
+                artifact_uri=uri, dst_path=tmp, tracking_uri=uri_root, registry_uri=uri_root
+            )
+            proto = mlflow.onnx.load_model(local)
+    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    log.info("loaded %s@%s = version %s", name, CHAMPION, champion.version)
+    return ChampionModel(name, str(champion.version), uri, session)

@@ -1,0 +1,85 @@
+"""Stage ``evaluate@<model>``: every benchmark in ``data/eval`` for one model.
+
+Writes ``metrics/eval/<model>.json`` (DVC metrics), ``plots/roc/<model>.json`` (DVC plots,
+one ROC per benchmark) and logs the same numbers and a ROC PNG to the model's MLflow run.
+Embeddings are cached per model weights + benchmark, so re-scoring does not re-embed.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from facekd.config import Params
+from facekd.errors import DataError
+from facekd.fsio import write_json
+
+log = logging.getLogger(__name__)
+
+
+def _weights_hash(path: Path) -> str:
+    return hashlib.sha256((path / "backbone.pt").read_bytes()).hexdigest()[:16]
+
+
+def run(params: Params, model_name: str) -> dict:
+    import torch
+
+    from facekd.evaluation.benchmarks import benchmarks
+    from facekd.evaluation.embed import EmbeddingCache, embed_images
+    from facekd.evaluation.plots import roc_figure, roc_points, save_png
+    from facekd.models.store import load_backbone, model_dir
+
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    src = model_dir(model_name)
+    if not (src / "backbone.pt").is_file():
+        raise DataError(f"{src}: no trained model (backbone.pt missing); run `dvc repro` for its training stage first")
+    model, meta = load_backbone(src)
+    eval_dir = Path(params.data.eval_dir)
+    found = list(benchmarks(eval_dir))
+    if not found:
+        raise DataError(f"{eval_dir}: no evaluation sets (*.bin, ijb/meta, mfr/) found; run the prepare stage")
+    cache = EmbeddingCache(Path("features/eval") / model_name)
+    key = _weights_hash(src)
+
+    def embed(name: str, images: np.ndarray) -> np.ndarray:
+        return cache.get_or_compute(f"{key}-{name}", lambda: embed_images(model, images, batch_size=params.evaluate.batch_size))
+
+    metrics: dict = {"model": model_name, "arch": meta["arch"], "params_m": meta.get("params_m"), "gmacs": meta.get("gmacs")}
+    curves, points = {}, {}
+    for name, bench in found:
+        log.info("%s: %s", model_name, name)
+        metrics[name], roc = bench(embed, params.evaluate)
+        if roc is not None:
+            curves[name] = roc
+            points[name] = roc_points(*roc)
+    write_json(Path("metrics/eval") / f"{model_name}.json", _finite(metrics))
+    write_json(Path("plots/roc") / f"{model_name}.json",
+               [{"benchmark": b, **p} for b, pts in points.items() for p in pts])
+    png = Path("reports/roc") / f"{model_name}.png"
+    save_png(roc_figure(curves, f"{model_name}: ROC per benchmark"), png)
+    _log_to_mlflow(params, meta, metrics, png)
+    return metrics
+
+
+def _finite(obj):
+    """JSON has no NaN: unsupported operating points become null."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def _log_to_mlflow(params: Params, meta: dict, metrics: dict, png: Path) -> None:
+    """Attach the numbers to the model's own training run (its id is in meta.json)."""
+    from facekd.tracking import Tracker
+
+    flat = {f"eval.{bench}.{k}": float(v) for bench, vals in metrics.items() if isinstance(vals, dict)
+            for k, v in vals.items() if isinstance(v, (int, float)) and np.isfinite(v)}
+    tracker = Tracker.from_params(params.tracking, stage=f"evaluate@{metrics['model']}")
+    tracker.start(f"evaluate-{metrics['model']}", {}, None, {}, resume_run_id=meta.get("mlflow_run_id"))
+    tracker.log_metrics(flat, step=0)
+    tracker.log_artifact(png)
+    tracker.end("FINISHED")

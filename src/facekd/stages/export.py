@@ -1,0 +1,103 @@
+"""Stage ``export``: a model directory -> ``exports/<model>.onnx`` + ``reports/export/<model>.json``.
+
+The report is written whether or not the checks pass; a failed check then stops the stage with an
+:class:`ExportError` that lists the failures and points at the report.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from facekd.config import Params
+from facekd.errors import DataError, ExportError
+
+if TYPE_CHECKING:
+    from facekd.export.onnx import Exporter
+
+log = logging.getLogger(__name__)
+
+EXPORTS_DIR = Path("exports")
+REPORTS_DIR = Path("reports/export")
+PARITY_BINS = ("synth_lfw.bin", "lfw.bin")
+PARITY_IMAGES = 64
+
+
+
+
+def onnx_path(model_name: str) -> Path:
+    return EXPORTS_DIR / f"{model_name}.onnx"
+
+
+def report_path(model_name: str) -> Path:
+    return REPORTS_DIR / f"{model_name}.json"
+
+
+def parity_bin(eval_dir: Path) -> Path:
+    """The verification set parity is checked on: synth_lfw.bin, else lfw.bin, else the first .bin."""
+    preferred = [eval_dir / name for name in PARITY_BINS]
+    found = [p for p in preferred if p.is_file()] + sorted(eval_dir.glob("*.bin"))
+    if not found:
+        raise DataError(
+            f"{eval_dir}: no verification .bin to check ONNX parity on real faces; run the prepare stage "
+            "(or set data.eval_dir)"
+        )
+    return found[0]
+
+
+def parity_images(params: Params) -> np.ndarray:
+    """The first real evaluation images, (N, 112, 112, 3) uint8 RGB, the ones parity is checked on."""
+    from facekd.data.bins import decode_bin
+
+    images, _ = decode_bin(parity_bin(Path(params.data.eval_dir)))
+    return images[:PARITY_IMAGES]
+
+
+def run(params: Params, model_name: str, *, exporter: Exporter | None = None) -> None:
+    """Export ``model_name`` to ONNX, check it, write its report; ExportError if a check fails.
+
+    ``exporter`` overrides ``params.export.exporter`` (see :mod:`facekd.export.onnx`).
+    """
+    from facekd.export.checks import run_checks
+    from facekd.export.onnx import export_onnx
+    from facekd.fsio import write_json
+    from facekd.models.store import load_backbone
+
+    from facekd.models.store import model_dir
+
+    source = model_dir(model_name)
+    if not (source / "meta.json").is_file():
+        raise ExportError(
+            f"{source}: no trained model '{model_name}' here (meta.json missing); train it first "
+            f"({'facekd train-teacher' if model_name == 'teacher' else f'facekd distill {model_name}'})"
+        )
+    model, meta = load_backbone(source)
+    images = parity_images(params)
+    metadata = {key: meta.get(key, "") for key in ("arch", "method", "teacher", "embedding_size", "data_hash")}
+    metadata["model"] = model_name
+    export = export_onnx(model, onnx_path(model_name), opset=params.export.opset, metadata=metadata,
+                         exporter=exporter or params.export.exporter)
+    checks = run_checks(onnx_path(model_name), model, images, params.export)
+    report = {
+        "model": model_name,
+        "source": str(source),
+        "export": export,
+        "checks": checks,
+        "meta": {key: meta.get(key) for key in ("arch", "method", "teacher", "params_m", "gmacs", "data_hash")},
+    }
+    write_json(report_path(model_name), report)
+    if not checks["passed"]:
+        raise ExportError(
+            f"{onnx_path(model_name)}: export checks failed: {'; '.join(checks['failures'])} "
+            f"(details in {report_path(model_name)})"
+        )
+    log.info(
+        "%s: exported in %.1f s; min cosine %.7f; batch-1 latency onnxruntime %.2f ms vs torch %.2f ms",
+        onnx_path(model_name),
+        export["export_seconds"],
+        min(p["min_cosine"] for p in checks["parity"].values()),
+        checks["latency_ms"]["onnxruntime_b1"],
+        checks["latency_ms"]["torch_b1"],
+    )
