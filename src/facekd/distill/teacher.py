@@ -1,0 +1,296 @@
+"""Where a student's teacher embeddings come from, and the objective that feeds a method.
+
+Two providers, both called as ``provider(batch) -> batch`` (the loop's ``extra_batch_fn``), both
+setting ``batch["teacher"]`` (B, d_t) float32 raw teacher embeddings on the batch's device:
+
+- :class:`CachedTeacher`: rows of ``features/<teacher>/embeddings.npy`` (N, 2, d_t), memory-mapped,
+  picked by ``batch["index"]`` and ``batch["flip"]``. The teacher is frozen and in eval mode and
+  the only augmentation is a horizontal flip, so this is the online result, precomputed.
+- :class:`OnlineTeacher`: the frozen teacher run on ``batch["image"]`` under ``no_grad`` (for
+  augmentations beyond the flip).
+
+The cache is written by :func:`write_teacher_features` and opened by :func:`open_cache`, which
+refuses a cache whose data or teacher differ from the current ones. :class:`DistillObjective`
+turns ``(emb, batch)`` into a :class:`~facekd.distill.base.DistillBatch` for a method.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from facekd.distill.base import DistillBatch, DistillMethod
+from facekd.errors import ConfigError, DataError
+from facekd.fsio import atomic_path, write_json
+from facekd.models.heads import MarginHead
+
+if TYPE_CHECKING:
+    from facekd.data.dataset import FaceDataset
+
+log = logging.getLogger(__name__)
+
+EMBEDDINGS_FILE = "embeddings.npy"
+META_FILE = "meta.json"
+CACHE_DTYPES = ("float32", "float16")
+# The DVC stage that rebuilds each teacher's cache (named in stale-cache errors).
+FEATURE_STAGES = {"teacher": "teacher_features", "teacher_shkd": "shkd_features"}
+LAYOUT = "(N, 2, d): raw embedding of image i, of its horizontal flip"
+# Methods whose loss a float16 cache leaves unchanged to 1e-4 (absolute), measured per method by
+# tests/unit/test_teacher_cache.py at the default params on a real tiny teacher: float16 keeps
+# ~3 decimal digits, and every loss that scales teacher cosines (scale-64 logits and T^2-weighted
+# KL in logit/thkd/shkd/gkd: 2e-3..7e-2; AdaDistill's teacher-made centres: 2e-3; QUD's 1/tau:
+# 3e-4) moves by more. Only the plain feature MSE (4e-6) and methods that never read the teacher
+# embedding qualify.
+FP16_SAFE_METHODS = frozenset({"none", "arcdistill", "feature"})
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, streamed (a teacher's backbone.pt may be hundreds of MB)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing") from None
+    return h.hexdigest()
+
+
+def teacher_weights_hash(model_dir: str | Path) -> str:
+    """sha256 of ``<model_dir>/backbone.pt``: identifies the teacher a cache or student was made from."""
+    from facekd.models.store import BACKBONE_FILE
+
+    return file_sha256(Path(model_dir) / BACKBONE_FILE)
+
+
+# ---- the training images a student (and its teacher cache) sees ----------------------------------
+
+
+@dataclass(frozen=True)
+class StudentData:
+    """The training set of the students: a dataset, its identity hash and its class count (0 unlabeled)."""
+
+    dataset: "FaceDataset"
+    data_hash: str
+    num_classes: int
+    where: str
+
+
+def folder_listing_hash(dataset: "FaceDataset") -> str:
+    """sha256 over the sorted (relative path, size) of an unlabeled folder's images.
+
+    Cheap for millions of files (contents are not read): it catches added, removed, renamed and
+    re-encoded images, which is what would shift the cache's rows.
+    """
+    root = Path(dataset.name)
+    h = hashlib.sha256()
+    for path in dataset.source.paths:
+        h.update(f"{path.relative_to(root).as_posix()}\0{path.stat().st_size}\n".encode())
+    return h.hexdigest()
+
+
+# ---- writing the cache ----------------------------------------------------------------------------
+
+
+def write_teacher_features(
+    out_dir: str | Path,
+    teacher: nn.Module,
+    data: StudentData,
+    *,
+    teacher_name: str,
+    weights_hash: str,
+    dtype: str = "float32",
+    batch_size: int = 128,
+    workers: int = 0,
+    device: torch.device | str = "cpu",
+) -> dict[str, Any]:
+    """Embed every training image and its flip with the frozen ``teacher``; returns the meta.
+
+    Writes ``<out_dir>/embeddings.npy`` (N, 2, d) in ``dtype`` straight into a memory map (a
+    full-scale cache does not fit in RAM: MS1MV2 at 512-d is 24 GB in float32) through an atomic
+    temporary file, then ``meta.json`` last; the old ``meta.json`` is removed first, so an
+    interrupted run never leaves a cache that looks valid.
+    """
+    if dtype not in CACHE_DTYPES:
+        raise ConfigError(f"distill.cache_dtype: '{dtype}' is not one of {', '.join(CACHE_DTYPES)}")
+    out_dir = Path(out_dir)
+    (out_dir / META_FILE).unlink(missing_ok=True)
+    device = torch.device(device)
+    teacher = teacher.to(device).eval().requires_grad_(False).to(memory_format=torch.channels_last)
+    n = len(data.dataset)
+    dim = _output_dim(teacher, device)
+    with atomic_path(out_dir / EMBEDDINGS_FILE) as tmp:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.dtype(dtype), shape=(n, 2, dim))
+        for start, rows in _embed_with_flips(teacher, data.dataset, batch_size, workers, device):
+            out[start:start + len(rows)] = rows.astype(dtype, copy=False)
+        out.flush()
+        del out  # close the map before the rename
+    meta = {
+        "teacher": teacher_name,
+        "teacher_weights_sha256": weights_hash,
+        "data_hash": data.data_hash,
+        "data": data.where,
+        "num_images": n,
+        "dim": dim,
+        "dtype": dtype,
+        "layout": LAYOUT,
+    }
+    write_json(out_dir / META_FILE, meta)
+    log.info("cached %s embeddings of %d images (+ flips), %d-d %s -> %s", teacher_name, n, dim, dtype, out_dir)
+    return meta
+
+
+def _output_dim(teacher: nn.Module, device: torch.device) -> int:
+    with torch.inference_mode():
+        return int(teacher(torch.zeros(1, 3, 112, 112, device=device)).shape[1])
+
+
+def _embed_with_flips(
+    teacher: nn.Module, dataset: "FaceDataset", batch_size: int, workers: int, device: torch.device
+) -> Any:
+    """Yield ``(first index, (B, 2, d) float32 numpy)`` over the dataset in index order."""
+    from tqdm import tqdm
+
+    from facekd.data.dataset import collate, normalize_batch
+
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=workers, collate_fn=collate,
+        pin_memory=device.type == "cuda")
+    start = 0
+    with torch.inference_mode(), tqdm(total=len(dataset), unit="img", desc="teacher features",
+                                      disable=not sys.stderr.isatty(), dynamic_ncols=True) as bar:
+        for batch in loader:
+            x = normalize_batch(batch["image"], device, channels_last=True)  # (B, 3, 112, 112)
+            emb = teacher(torch.cat([x, x.flip(3)]))  # (2B, d): images, then their mirror images
+            b = x.shape[0]
+            rows = torch.stack([emb[:b], emb[b:]], dim=1).float().cpu().numpy()  # (B, 2, d)
+            yield start, rows
+            start += b
+            bar.update(b)
+
+
+# ---- reading the cache ----------------------------------------------------------------------------
+
+
+def check_cache_dtype(method: str, dtype: str) -> None:
+    """A float16 cache is allowed only for methods whose loss it leaves unchanged to 1e-4."""
+    if dtype == "float16" and method not in FP16_SAFE_METHODS:
+        raise ConfigError(
+            f"distill.cache_dtype: float16 changes the '{method}' loss by more than 1e-4 (allowed only for "
+            f"{', '.join(sorted(FP16_SAFE_METHODS))}); set distill.cache_dtype: float32 and rerun "
+            "`dvc repro teacher_features`, or use distill.teacher_source: online"
+        )
+
+
+def read_cache_meta(features_dir: str | Path) -> dict[str, Any]:
+    """``meta.json`` of a feature cache; a missing or broken one says which stage rebuilds it."""
+    features_dir = Path(features_dir)
+    meta_path = features_dir / META_FILE
+    stage = FEATURE_STAGES.get(features_dir.name, "teacher_features")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{meta_path}: missing (no complete teacher-feature cache); run `dvc repro {stage}`") from None
+    except ValueError as err:
+        raise DataError(f"{meta_path}: not valid JSON ({err}); run `dvc repro {stage}`") from None
+    return meta
+
+
+def open_cache(
+    features_dir: str | Path, *, num_images: int, data_hash: str, weights_hash: str, dim: int, dtype: str
+) -> np.ndarray:
+    """The (N, 2, d) embeddings memory-mapped read-only, after checking they belong to this
+    data (N, data hash), this teacher (weights hash, d) and ``distill.cache_dtype``; otherwise a
+    :class:`DataError` naming the cache's ``meta.json`` and the stage that rebuilds it."""
+    features_dir = Path(features_dir)
+    meta = read_cache_meta(features_dir)
+    stage = FEATURE_STAGES.get(features_dir.name, "teacher_features")
+    expected = {"num_images": num_images, "data_hash": data_hash, "teacher_weights_sha256": weights_hash,
+                "dim": dim, "dtype": dtype}
+    stale = [f"{k}: cache has {meta.get(k)!r}, current is {v!r}" for k, v in expected.items() if meta.get(k) != v]
+    if stale:
+        raise DataError(
+            f"{features_dir / META_FILE}: the teacher-feature cache is stale ({'; '.join(stale)}); "
+            "it was built from another teacher, other data or another distill.cache_dtype. "
+            f"Rerun `dvc repro {stage}` (or `facekd teacher-features --teacher {features_dir.name}`)"
+        )
+    path = features_dir / EMBEDDINGS_FILE
+    try:
+        array = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: unreadable ({err}); run `dvc repro {stage}`") from None
+    if array.shape != (num_images, 2, dim) or array.dtype.name != meta.get("dtype"):
+        raise DataError(
+            f"{path}: shape {array.shape} {array.dtype}, but {features_dir / META_FILE} promises "
+            f"({num_images}, 2, {dim}) {meta.get('dtype')}; run `dvc repro {stage}`"
+        )
+    return array
+
+
+# ---- providers --------------------------------------------------------------------------------------
+
+
+class CachedTeacher:
+    """``batch["teacher"] = cache[batch["index"], batch["flip"]]`` as float32 on the batch's device."""
+
+    def __init__(self, cache: np.ndarray) -> None:
+        self.cache = cache  # (N, 2, d) memmap
+        self.dim = int(cache.shape[2])
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        index = batch["index"].cpu().numpy()
+        flip = batch["flip"].cpu().numpy().astype(np.int64)
+        rows = np.asarray(self.cache[index, flip], dtype=np.float32)  # (B, d)
+        batch["teacher"] = torch.from_numpy(rows).to(batch["image"].device, non_blocking=True)
+        return batch
+
+
+class OnlineTeacher:
+    """``batch["teacher"]`` = the frozen teacher on ``batch["image"]`` (eval mode, no gradient)."""
+
+    def __init__(self, teacher: nn.Module, device: torch.device | str, channels_last: bool = True) -> None:
+        teacher = teacher.to(device).eval().requires_grad_(False)
+        self.teacher = teacher.to(memory_format=torch.channels_last) if channels_last else teacher
+        self.dim = _output_dim(self.teacher, torch.device(device))
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        # no_grad, not inference_mode: the loss later uses these tensors inside autograd.
+        with torch.no_grad():
+            batch["teacher"] = self.teacher(batch["image"]).float()  # (B, d_t)
+        return batch
+
+
+# ---- the objective ----------------------------------------------------------------------------------
+
+
+class DistillObjective(nn.Module):
+    """The loop's objective for a student: ``(emb, batch) -> method(DistillBatch)``.
+
+    ``batch["teacher"]`` comes from a provider; a method that ignores the teacher (``none``) may
+    run without one, and then gets zeros of the teacher's shape. Labels reach the method only when
+    it uses them, so label-free methods run on unlabeled data (labels -1).
+    """
+
+    def __init__(self, method: "DistillMethod") -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, emb: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        teacher = batch.get("teacher")
+        if teacher is None:
+            teacher = emb.detach().new_zeros(emb.shape[0], self.method.teacher_dim)
+        labels = batch["label"] if self.method.uses_labels else None
+        return self.method(DistillBatch(student=emb, teacher=teacher, labels=labels, epoch=float(batch["epoch"])))
+
+    def student_head(self) -> MarginHead | None:
+        """The method's own trainable margin head (``none``, ``logit``, ``thkd``...), if it has one."""
+        head = getattr(self.method, "head", None)
+        return head if isinstance(head, MarginHead) else None

@@ -1,0 +1,250 @@
+"""Stage ``distill <method>``: train the student with one distillation method.
+
+Reads the training data (``data/prepared``, or for label-free methods an unlabeled folder at
+``data.path`` when ``data.source`` is ``unlabeled``), the frozen teacher ``models/teacher`` (for
+``shkd``: the student-aware ``models/teacher_shkd``) and its feature cache ``features/<teacher>``
+(or runs the teacher online when ``distill.teacher_source`` is ``online``). Trains
+``distill.student`` through :func:`facekd.training.loop.fit`, resuming from
+``checkpoints/students/<method>/``; writes ``models/<method>/`` (backbone.pt, head.pt when the
+method has its own margin head, meta.json) and ``metrics/train/<method>.json``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from facekd.config import Params
+from facekd.errors import ConfigError, DataError
+from facekd.fsio import write_json
+
+log = logging.getLogger(__name__)
+
+# Settings that change how a run is executed, not what it computes: changing them keeps the resume.
+RESUME_NEUTRAL = ("workers", "checkpoint_every", "eval_every")
+# Methods whose loss never reads the teacher: they run without loading it or its cache.
+TEACHER_FREE = frozenset({"none"})
+
+
+@dataclass(frozen=True)
+class TeacherSide:
+    """The frozen teacher of a run: its name, weights hash, embedding size and batch provider."""
+
+    name: str
+    weights_sha256: str
+    dim: int
+    feed: Any  # CachedTeacher | OnlineTeacher: the loop's extra_batch_fn
+
+
+def teacher_name(method: str) -> str:
+    """The teacher a method distils from: SH-KD has its own student-aware teacher."""
+    return "teacher_shkd" if method == "shkd" else "teacher"
+
+
+def model_dir(name: str) -> Path:
+    return Path("models") / name
+
+
+def require_model(name: str) -> dict[str, Any]:
+    """``meta.json`` of the trained model ``name``; a missing one says which stage trains it."""
+    from facekd.models.store import META_FILE, read_meta
+
+    if not (model_dir(name) / META_FILE).is_file():
+        stage = {"teacher": "train_teacher", "teacher_shkd": "shkd_teacher"}.get(name, dvc_stage(name))
+        raise DataError(f"{model_dir(name) / META_FILE}: missing, no trained '{name}' model here; "
+                        f"run `dvc repro {stage}` first")
+    return read_meta(model_dir(name))
+
+
+def features_dir(teacher: str) -> Path:
+    return Path("features") / teacher
+
+
+def checkpoint_dir(method: str) -> Path:
+    return Path("checkpoints") / "students" / method
+
+
+def metrics_file(method: str) -> Path:
+    return Path("metrics") / "train" / f"{method}.json"
+
+
+def dvc_stage(method: str) -> str:
+    return "distill_shkd" if method == "shkd" else f"distill@{method}"
+
+
+def student_data(params: Params, *, augment: bool = True) -> Any:
+    """The students' training set (:class:`facekd.distill.teacher.StudentData`)."""
+    from facekd.data.dataset import open_training_data
+    from facekd.distill.teacher import StudentData, folder_listing_hash
+    from facekd.stages.train_teacher import read_prepared_meta
+
+    data = params.data
+    if data.source == "unlabeled":
+        dataset = open_training_data(data.path, "unlabeled", seed=params.seed, augment=augment)
+        return StudentData(dataset, folder_listing_hash(dataset), 0, str(data.path))
+    prepared = Path(data.prepared_dir)
+    meta = read_prepared_meta(prepared)
+    dataset = open_training_data(prepared, "rec", seed=params.seed, augment=augment)
+    declared = (int(meta.get("num_images", len(dataset))), int(meta.get("num_classes", dataset.num_classes)))
+    if declared != (len(dataset), dataset.num_classes):
+        raise DataError(
+            f"{prepared / 'meta.json'} says {declared[0]} images of {declared[1]} identities but "
+            f"{prepared / 'train.rec'} has {len(dataset)} of {dataset.num_classes}; re-run `dvc repro prepare`"
+        )
+    return StudentData(dataset, meta["data_hash"], dataset.num_classes, str(prepared))
+
+
+def check_method(params: Params, method: str, labeled: bool, where: str) -> None:
+    """The method is configured, and has the labels it needs."""
+    from facekd.distill.registry import method_class
+
+    if method != "shkd" and method not in params.distill.methods:
+        raise ConfigError(
+            f"distill method '{method}' is not in distill.methods {list(params.distill.methods)}; "
+            "add it there (params.yaml) or choose one of those"
+        )
+    cls = method_class(method)
+    if not labeled and cls.requires_labels(getattr(params.distill, method)):
+        raise ConfigError(
+            f"distill method '{method}' needs identity labels, but data.source is 'unlabeled' ({where}); "
+            "use labelled data (data.source synthetic, rec or folder) or a label-free method such as 'qud'"
+        )
+
+
+def run(params: Params, method: str) -> None:
+    """Train (or resume, or confirm finished) the student of ``method`` and write its model and metrics."""
+    from facekd.training.distributed import init_distributed, shutdown
+
+    dist = init_distributed()
+    try:
+        _train(params, method, dist)
+    finally:
+        shutdown()
+
+
+def _train(params: Params, method: str, dist: Any) -> None:
+    from facekd.distill.registry import build_method, method_class
+    from facekd.distill.teacher import DistillObjective
+    from facekd.models.registry import create_backbone
+    from facekd.tracking import NullTracker, Tracker
+    from facekd.training.loop import fit, seed_everything
+
+    data = student_data(params)
+    check_method(params, method, data.num_classes > 0, data.where)
+    distill = params.distill
+    section = getattr(distill, method)
+    teacher = None if method in TEACHER_FREE else _teacher_setup(params, method, data, dist)
+
+    seed_everything(params.seed)
+    s = distill.student
+    backbone = create_backbone(s.arch, embedding_size=s.embedding_size, width=s.width, dropout=s.dropout, fp16=s.fp16)
+    head_weight = None
+    if teacher is not None and method_class(method).requires_teacher_head(section):
+        head_weight = _teacher_head(teacher.name, method)
+    objective = DistillObjective(build_method(
+        method, distill, num_classes=data.num_classes, student_dim=s.embedding_size,
+        teacher_dim=teacher.dim if teacher else s.embedding_size, teacher_head=head_weight))
+
+    config = run_config(params, method, data.data_hash, teacher)
+    tracker = Tracker.from_params(params.tracking, stage=dvc_stage(method)) if dist.is_main else NullTracker()
+    result = fit(run_name=f"distill-{method}", backbone=backbone, objective=objective, dataset=data.dataset,
+                 optim=distill.optim, run_dir=checkpoint_dir(method), config=config, seed=params.seed,
+                 tracker=tracker, extra_batch_fn=teacher.feed if teacher else None, dist=dist)
+    if dist.is_main:
+        _write_outputs(params, method, data, teacher, backbone, objective, result, tracker)
+
+
+def _teacher_setup(params: Params, method: str, data: Any, dist: Any) -> TeacherSide:
+    """The teacher of ``method``, fed from its checked cache or run online."""
+    from facekd.distill.teacher import (CachedTeacher, OnlineTeacher, check_cache_dtype, open_cache,
+                                        teacher_weights_hash)
+
+    name = teacher_name(method)
+    meta = require_model(name)
+    weights = teacher_weights_hash(model_dir(name))
+    dim = int(meta["embedding_size"])
+    if params.distill.teacher_source == "online":
+        from facekd.models.store import load_backbone
+
+        backbone, _ = load_backbone(model_dir(name))
+        feed: Any = OnlineTeacher(backbone, dist.device, params.distill.optim.channels_last)
+    else:
+        check_cache_dtype(method, params.distill.cache_dtype)
+        cache = open_cache(features_dir(name), num_images=len(data.dataset), data_hash=data.data_hash,
+                           weights_hash=weights, dim=dim, dtype=params.distill.cache_dtype)
+        feed = CachedTeacher(cache)
+    return TeacherSide(name, weights, dim, feed)
+
+
+def _teacher_head(name: str, method: str) -> Any:
+    from facekd.models.store import HEAD_FILE, load_head_weight
+
+    path = model_dir(name) / HEAD_FILE
+    if not path.is_file():
+        raise DataError(
+            f"{path}: missing, but distill method '{method}' needs the teacher's class centres W_t; "
+            f"train {model_dir(name)} with a margin head on the same identities (dvc repro)"
+        )
+    return load_head_weight(model_dir(name))
+
+
+def run_config(params: Params, method: str, data_hash: str, teacher: TeacherSide | None) -> dict[str, Any]:
+    """What defines a student run (hashed into its checkpoints; a change refuses to resume).
+
+    Keys follow params.yaml (``distill.<method>.tau``), so MLflow shows the method's params by
+    their params.yaml names.
+    """
+    distill = params.distill
+    optim = distill.optim.model_dump(mode="json")
+    for key in RESUME_NEUTRAL:
+        optim.pop(key)
+    section: dict[str, Any] = {
+        "student": distill.student.model_dump(mode="json"),
+        "head": distill.head.model_dump(mode="json"),
+        "optim": optim,
+        method: getattr(distill, method).model_dump(mode="json"),
+    }
+    config: dict[str, Any] = {"seed": params.seed, "method": method, "distill": section, "data_hash": data_hash}
+    if teacher is not None:
+        section["teacher_source"] = distill.teacher_source
+        if distill.teacher_source == "cache":
+            section["cache_dtype"] = distill.cache_dtype
+        config["teacher"] = {"name": teacher.name, "weights_sha256": teacher.weights_sha256}
+    return config
+
+
+def _write_outputs(params: Params, method: str, data: Any, teacher: TeacherSide | None, backbone: Any,
+                   objective: Any, result: dict[str, Any], tracker: Any) -> None:
+    from facekd.models.store import save_model_dir
+
+    head = objective.student_head()
+    meta: dict[str, Any] = {
+        "role": "student",
+        "method": method,
+        "data_hash": data.data_hash,
+        "distill_params": getattr(params.distill, method).model_dump(mode="json"),
+        "trained_steps": result["step"],
+        "mlflow_run_id": result["mlflow_run_id"],
+    }
+    if teacher is not None:
+        meta |= {"teacher": teacher.name, "teacher_weights_sha256": teacher.weights_sha256,
+                 "teacher_source": params.distill.teacher_source}
+    if head is not None:
+        meta["head"] = {"type": head.kind, "scale": head.scale, "margin": head.margin}
+    save_model_dir(model_dir(method), backbone.cpu(), meta, head=head.weight.detach().cpu() if head else None)
+    loss = result["loss"]
+    metrics = {
+        "loss": loss.get("loss"),
+        **{f"loss.{k}": v for k, v in sorted(loss.items()) if k != "loss"},
+        "epochs": result["epochs"],
+        "steps": result["step"],
+        "images": result["images"],
+        "img_per_s": round(result["img_per_s"], 3),
+        "train_seconds": round(result["train_seconds"], 3),
+        **{f"eval.{k}": v for k, v in result["eval"].items()},
+    }
+    write_json(metrics_file(method), metrics)
+    tracker.log_artifact(model_dir(method), "model")
+    log.info("distill %s: %d steps, final loss %s, %.1f img/s -> %s", method, result["step"], metrics["loss"],
+             result["img_per_s"], model_dir(method))

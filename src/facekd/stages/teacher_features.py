@@ -1,0 +1,49 @@
+"""Stage ``teacher_features``: cache a frozen teacher's embeddings of every training image and its flip.
+
+Reads ``models/<teacher>`` (``teacher`` or ``teacher_shkd``) and the students' training data
+(``data/prepared``, or the unlabeled folder of ``data.path``); writes
+``features/<teacher>/embeddings.npy`` (N, 2, d) in ``distill.cache_dtype`` and ``meta.json``
+(teacher weights sha256, data hash, N, d, dtype). A cache that already matches the teacher, the
+data and the dtype is left as it is.
+"""
+from __future__ import annotations
+
+import logging
+
+from facekd.config import Params
+from facekd.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+TEACHERS = ("teacher", "teacher_shkd")
+
+
+def run(params: Params, teacher_name: str) -> None:
+    """Write (or confirm up to date) ``features/<teacher_name>/``."""
+    import torch
+
+    from facekd.distill.teacher import read_cache_meta, teacher_weights_hash, write_teacher_features
+    from facekd.errors import DataError
+    from facekd.models.store import load_backbone
+    from facekd.stages.distill import features_dir, model_dir, require_model, student_data
+
+    if teacher_name not in TEACHERS:
+        raise ConfigError(f"unknown teacher '{teacher_name}'; choose one of {', '.join(TEACHERS)}")
+    require_model(teacher_name)
+    data = student_data(params, augment=False)
+    weights = teacher_weights_hash(model_dir(teacher_name))
+    out = features_dir(teacher_name)
+    wanted = {"teacher_weights_sha256": weights, "data_hash": data.data_hash, "num_images": len(data.dataset),
+              "dtype": params.distill.cache_dtype}
+    try:
+        current = read_cache_meta(out)
+    except DataError:
+        current = {}
+    if all(current.get(k) == v for k, v in wanted.items()) and (out / "embeddings.npy").is_file():
+        log.info("%s is up to date (teacher %s..., data %s...): nothing to do", out, weights[:12], data.data_hash[:12])
+        return
+    teacher, _ = load_backbone(model_dir(teacher_name))
+    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    write_teacher_features(out, teacher, data, teacher_name=teacher_name, weights_hash=weights,
+                           dtype=params.distill.cache_dtype, batch_size=params.evaluate.batch_size,
+                           workers=params.distill.optim.workers, device=device)
