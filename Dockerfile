@@ -10,7 +10,7 @@ ENV PYTHONUNBUFFERED=1 DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true DO_NOT_T
 RUN apt-get update && apt-get install -y --no-install-recommends git make python3 python3-venv \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
-COPY requirements.txt pyproject.toml README.md ./
+COPY requirements.txt requirements.lock pyproject.toml README.md ./
 COPY scripts ./scripts
 COPY src ./src
 RUN if [ -n "$TORCH_INDEX" ]; then PIP_EXTRA_INDEX_URL="$TORCH_INDEX" bash scripts/bootstrap.sh; \

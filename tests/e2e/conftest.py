@@ -13,20 +13,30 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
+# Small enough for CI (a few seconds of compute per stage); the stage count is the real cost.
 TINY = {
     "data": {"synthetic": {"train_identities": 8, "images_per_identity": 4, "eval_identities": 6,
                            "eval_images_per_identity": 4, "pairs_per_set": 40, "workers": 1}},
+    "teacher": {"backbone": {"arch": "iresnet_tiny", "embedding_size": 16, "width": 0.125},
+                "optim": {"epochs": 1, "batch_size": 8}},
+    "distill": {"student": {"arch": "mfn", "embedding_size": 16, "width": 0.125},
+                "optim": {"epochs": 1, "batch_size": 8}, "qud": {"queue_size": 16},
+                "shkd": {"teacher_epochs": 1}},
+    "export": {"exporter": "legacy"},
+    # 6 evaluation identities have too few impostor pairs for TAR@FAR=1e-4: gate on accuracy.
+    "registry": {"gate_metric": "synth_lfw.accuracy"},
 }
 
 
-def _deep_update(base: dict, extra: dict) -> dict:
+def deep_update(base: dict, extra: dict) -> dict:
     for key, value in extra.items():
-        base[key] = _deep_update(base.get(key, {}), value) if isinstance(value, dict) else value
+        base[key] = deep_update(base.get(key) or {}, value) if isinstance(value, dict) else value
     return base
 
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{cwd}/mlflow.db"}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
@@ -37,10 +47,13 @@ def dvc(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
     return run([sys.executable, "-m", "dvc", *args], cwd, check)
 
 
-@pytest.fixture
-def tiny_repo(tmp_path: Path) -> Path:
-    """git ls-files of this repo copied into tmp_path, committed, with tiny params."""
-    repo = tmp_path / "repo"
+def set_params(repo: Path, extra: dict) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump(deep_update(params, extra), sort_keys=False))
+
+
+def make_tiny_repo(repo: Path) -> Path:
+    """The tracked (and untracked, not ignored) files of this repo, committed, with tiny params."""
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
     for name in files:
@@ -48,9 +61,13 @@ def tiny_repo(tmp_path: Path) -> Path:
         if src.is_file():
             (repo / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, repo / name)
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    (repo / "params.yaml").write_text(yaml.safe_dump(_deep_update(params, TINY), sort_keys=False))
+    set_params(repo, TINY)
     run(["git", "init", "-q"], repo)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], repo)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "commit", "-qm", "tiny"], repo)
     return repo
+
+
+@pytest.fixture
+def tiny_repo(tmp_path: Path) -> Path:
+    return make_tiny_repo(tmp_path / "repo")
