@@ -35,7 +35,7 @@ def test_cold_repro_builds_every_artifact(reproduced):
         metrics = json.loads((repo / "metrics/eval" / f"{model}.json").read_text())
         assert 0.0 <= metrics["synth_lfw"]["accuracy"] <= 1.0
         assert "tar@far=1e-1" in metrics["ijb"] and "tar@lowest_supported_far" in metrics["mfr"]
-        assert json.loads((repo / "reports/export" / f"{model}.json").read_text())["passed"] is True
+        assert json.loads((repo / "reports/export" / f"{model}.json").read_text())["checks"]["passed"] is True
     board = (repo / "reports/leaderboard.md").read_text()
     assert all(f"| {m}" in board for m in ALL_MODELS)
     registry = json.loads((repo / "reports/registry.json").read_text())
