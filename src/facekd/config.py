@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from facekd.errors import ConfigError
 
@@ -81,6 +81,16 @@ class BackboneParams(Section):
     width: float = Field(1.0, gt=0.0, le=4.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     fp16: bool = False
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        # Refused here, before any stage computes, rather than when the model is first built.
+        from facekd.models.registry import list_backbones
+
+        if arch not in list_backbones():
+            raise ValueError(f"unknown backbone '{arch}'; valid: {', '.join(list_backbones())}")
+        return arch
 
 
 class HeadParams(Section):
@@ -223,7 +233,6 @@ class EvaluateParams(Section):
     ijb_norm: bool = False
     ijb_detector: bool = True
     mfr_far: float = Field(1e-4, gt=0.0, lt=1.0)
-    gate_metric: str = "ijb.tar@far=1e-4"
 
 
 class ExportParams(Section):

@@ -71,3 +71,13 @@ def test_flatten_gives_dotted_keys():
     assert flat["distill.qud.tau"] == 0.1
     assert "distill.optim.lr" in flat
     assert ALL_MODELS[0] == "teacher"
+
+
+@pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_presets_name_registered_backbones(preset):
+    from facekd.models.registry import list_backbones
+
+    params = load_params(preset)
+    assert params.teacher.backbone.arch in list_backbones()
+    assert params.distill.student.arch in list_backbones()
+    assert params.data.source == "rec" and params.registry.gate_metric.startswith("ijbc.")
