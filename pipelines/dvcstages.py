@@ -24,6 +24,9 @@ from facekd.config import ScheduleParams
 from facekd.errors import ConfigError, FacekdError
 
 TAIL_LINES = 30
+# What DVC prints when another DVC process is at work in the same repository: the repository lock
+# (held while DVC checks the pipeline) or a stage's deps/outs lock (held while a stage runs).
+DVC_BUSY = ("Unable to acquire lock", "is busy, it is being blocked by")
 # `dvc dag --dot` lines: a node `"name";` or an edge `"upstream" -> "downstream";`.
 _DOT_NODE = re.compile(r'^\s*"(?P<node>[^"]+)";\s*$')
 _DOT_EDGE = re.compile(r'^\s*"(?P<src>[^"]+)"\s*->\s*"(?P<dst>[^"]+)";\s*$')
@@ -91,6 +94,11 @@ def run_checked(cmd: Sequence[str], cwd: Path, on_line: Callable[[str], object],
                 what: str) -> None:
     """:func:`run_streaming`, raising :class:`CommandFailed` with the output tail on failure."""
     result = run_streaming(cmd, cwd, on_line)
+    busy = [line.strip() for line in result.tail if any(marker in line for marker in DVC_BUSY)]
+    if result.returncode != 0 and busy:
+        raise CommandFailed(
+            f"pipeline busy: another `dvc repro` (or other DVC command) is running in {cwd}, so {what} did "
+            f"not start. Wait for it to finish and run again. (DVC: {busy[0]})")
     if result.returncode != 0:
         tail = "\n".join(result.tail) or "(no output)"
         raise CommandFailed(

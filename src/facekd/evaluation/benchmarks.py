@@ -17,12 +17,24 @@ from pathlib import Path
 import numpy as np
 
 from facekd.config import EvaluateParams
+from facekd.errors import DataError
 
 log = logging.getLogger(__name__)
 
 # embed(name, images (N,112,112,3) uint8 RGB) -> (N, 2d) [feature, feature of the flip]
 Embedder = Callable[[str, np.ndarray], np.ndarray]
 Result = tuple[dict, tuple[np.ndarray, np.ndarray] | None]
+ALIGNED = (112, 112, 3)
+MIN_PAIRS = 10  # 10-fold verification accuracy
+
+
+def _check_aligned(image: np.ndarray, where: str) -> np.ndarray:
+    """The image itself, or a DataError naming ``where``: models take 112x112 aligned faces only
+    (some backbones accept other sizes and would silently score garbage)."""
+    if image.shape != ALIGNED:
+        raise DataError(f"{where}: image is {image.shape[1]}x{image.shape[0]}, but evaluation needs "
+                        f"{ALIGNED[1]}x{ALIGNED[0]} aligned faces (insightface alignment); re-create this file")
+    return image
 
 
 def verification_set(path: Path, embed: Embedder, cfg: EvaluateParams) -> Result:
@@ -32,6 +44,9 @@ def verification_set(path: Path, embed: Embedder, cfg: EvaluateParams) -> Result
     from facekd.evaluation.verification import pair_embeddings, verification_metrics
 
     images, issame = decode_bin(path)
+    _check_aligned(images[0], f"{path}: image 0 (pair 0)")  # decode_bin checked they all match image 0
+    if issame.size < MIN_PAIRS:
+        raise DataError(f"{path}: {issame.size} pairs; {MIN_PAIRS}-fold verification needs at least {MIN_PAIRS}")
     emb = flip_sum_normalize(embed(path.stem, images))
     a, b = pair_embeddings(emb)
     metrics = verification_metrics(a, b, issame, fars=tuple(f for f in cfg.far_targets if f >= 1e-3))
@@ -80,7 +95,7 @@ def masked_set(root: Path, embed: Embedder, cfg: EvaluateParams) -> Result:
     for side in ("probes", "gallery"):
         paths, _, names = scan_identity_folders(root / side)
         ids = np.array([p.parent.name for p in paths])
-        images = np.stack([read_image_file(p) for p in paths])
+        images = np.stack([_check_aligned(read_image_file(p), str(p)) for p in paths])
         sides[side] = (flip_sum_normalize(embed(f"mfr-{side}", images)), ids)
     (pe, pid), (ge, gid) = sides["probes"], sides["gallery"]
     return masked_verification(pe, pid, ge, gid, far=cfg.mfr_far), masked_roc(pe, pid, ge, gid)

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import re
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -82,8 +84,6 @@ def save_model_dir(
     (C, d) centres (for a multi-rank PartialFC: ``full_weight()``); without it a stale head.pt is
     removed.
     """
-    import torch
-
     from facekd.models.complexity import describe_model
 
     path = Path(path)
@@ -93,13 +93,15 @@ def save_model_dir(
     if missing:
         raise TrainingError(f"{path / META_FILE}: model metadata lacks {', '.join(missing)}; pass them in meta")
     full_meta.update(describe_model(backbone))
-    fsio.atomic_write(path / BACKBONE_FILE, lambda fh: torch.save(_cpu_state(backbone), fh))
+    with fsio.atomic_path(path / BACKBONE_FILE) as tmp:
+        save_state_file(_cpu_state(backbone), tmp, path / BACKBONE_FILE)
     if head is None:
         (path / HEAD_FILE).unlink(missing_ok=True)
     else:
         state = _head_state(head)
         full_meta["num_classes"] = int(state["weight"].shape[0])
-        fsio.atomic_write(path / HEAD_FILE, lambda fh: torch.save(state, fh))
+        with fsio.atomic_path(path / HEAD_FILE) as tmp:
+            save_state_file(state, tmp, path / HEAD_FILE)
     fsio.write_json(path / META_FILE, full_meta)
     logger.info(
         "saved %s (%s, %.2fM params, %.3f GMACs)", path, full_meta["arch"], full_meta["params_m"], full_meta["gmacs"]
@@ -125,6 +127,42 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     return meta
 
 
+# torch's weights_only refusal names the global the pickle asked for ("GLOBAL posix.system").
+_REFUSED_GLOBAL = re.compile(r"(?:unsupported|Unsupported global:) GLOBAL ([\w.]+)")
+
+
+def load_error_reason(err: Exception) -> str:
+    """One line saying why ``torch.load(weights_only=True)`` failed.
+
+    A refused global means the pickle asks for an object plain weights never contain (it may try
+    to run code): say so, rather than relay torch's advice to retry with ``weights_only=False``.
+    """
+    text = str(err).strip()
+    refused = _REFUSED_GLOBAL.search(text)
+    if refused:
+        return (f"refused: the file references {refused.group(1)}, which plain weights never need "
+                "(it may try to run code); do not use this file")
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else 'no detail'}"
+
+
+def save_state_file(obj: Any, tmp: Path, target: Path) -> None:
+    """``torch.save(obj, tmp)``, where ``tmp`` is the temporary file of ``target`` (see
+    :func:`facekd.fsio.atomic_path`). A failed write becomes a :class:`FacekdError` naming
+    ``target``: torch reports a full disk only as "enforce fail ... unexpected pos"."""
+    import torch
+
+    try:
+        # Through a file object: torch names the archive inside after a path's (random) temporary
+        # name, but "archive" for a file object, so equal states give byte-identical files.
+        with open(tmp, "wb") as fh:
+            torch.save(obj, fh)
+    except RuntimeError as err:
+        free = shutil.disk_usage(tmp.parent).free
+        raise FacekdError(
+            f"{target}: write failed ({free} bytes free on that disk: is it full? torch: "
+            f"{str(err).strip().splitlines()[0]}); the previous file is left unchanged") from None
+
+
 def load_state_file(path: Path, map_location: Any = "cpu") -> Any:
     """``torch.load(weights_only=True)`` with a :class:`DataError` naming the file on failure."""
     import torch
@@ -134,7 +172,7 @@ def load_state_file(path: Path, map_location: Any = "cpu") -> Any:
     except FileNotFoundError:
         raise DataError(f"{path}: missing") from None
     except Exception as err:  # torch raises many types for truncated / foreign / unsafe pickles
-        raise DataError(f"{path}: cannot be loaded as a weights file ({type(err).__name__}: {err})") from None
+        raise DataError(f"{path}: cannot be loaded as a weights file ({load_error_reason(err)})") from None
 
 
 def load_strict(model: nn.Module, state: Any, source: Path) -> None:

@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 def run(params: Params) -> None:
     data = params.data
+    _check_sources(data.source, data.path, data.eval_path)
     train_dir, eval_dir = Path(data.prepared_dir), Path(data.eval_dir)
     with _staged_dir(train_dir) as train_tmp, _staged_dir(eval_dir) as eval_tmp:
         if data.source == "synthetic":
@@ -41,6 +42,16 @@ def run(params: Params) -> None:
                 "step yet; set data.source to synthetic, rec or folder"
             )
         write_json(train_tmp / "meta.json", _meta(train_tmp, data.source))
+
+
+def _check_sources(source: str, path: str | None, eval_path: str | None) -> None:
+    """Refuse a missing data.path / data.eval_path before converting anything (a folder of
+    millions of images takes hours to convert; a typo must not cost that)."""
+    if source in ("rec", "folder") and not Path(path).exists():
+        raise DataError(f"{path}: not found (data.path, data.source '{source}'); fix data.path in params.yaml")
+    if eval_path and not Path(eval_path).is_dir():
+        raise DataError(f"{eval_path}: data.eval_path must be a folder of .bin files (and optional ijb/, mfr/); "
+                        "fix data.eval_path in params.yaml")
 
 
 def _meta(train_dir: Path, source: str) -> dict:
@@ -109,9 +120,7 @@ def _link_eval(eval_path: str | None, out: Path) -> None:
     if not eval_path:
         log.warning("data.eval_path not set: no evaluation sets prepared")
         return
-    src = Path(eval_path)
-    if not src.is_dir():
-        raise DataError(f"{src}: data.eval_path must be a folder of .bin files (and optional ijb/, mfr/)")
+    src = Path(eval_path)  # checked to be a folder by _check_sources
     for f in sorted(src.rglob("*")):
         if f.is_file():
             dst = out / f.relative_to(src)

@@ -29,7 +29,8 @@ def run(params: Params, report_json: Path = REPORT_JSON, report_md: Path = REPOR
     failed = failed_expectations(report)
     if failed:
         raise ValidationFailed(
-            f"data validation failed ({len(failed)} expectation(s)); see {report_md}:\n  - " + "\n  - ".join(failed)
+            f"data validation of {Path(params.data.prepared_dir) / 'train.rec'} and {params.data.eval_dir} failed "
+            f"({len(failed)} expectation(s)); see {report_md}:\n  - " + "\n  - ".join(failed)
         )
     log.info("data validation passed: %d images, %d identities (%s)", report["num_images"], report["num_classes"], report_md)
     return report

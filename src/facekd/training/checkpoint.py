@@ -33,11 +33,11 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     ``last.pt`` becomes ``prev.pt``, then the new file becomes ``last.pt``. A crash at any point
     leaves at least one complete checkpoint.
     """
-    import torch
+    from facekd.models.store import save_state_file
 
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+        save_state_file(state, tmp, path)
         if path.exists():
             os.replace(path, path.with_name(PREVIOUS))
 
@@ -54,8 +54,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise TrainingError(f"{path}: unreadable checkpoint ({first_line})") from None
+        from facekd.models.store import load_error_reason
+
+        raise TrainingError(f"{path}: unreadable checkpoint ({load_error_reason(err)})") from None
     if not isinstance(state, dict) or "step" not in state:
         raise TrainingError(f"{path}: not a facekd training checkpoint (no 'step' entry)")
     return state

@@ -226,6 +226,18 @@ class _Window:
     def means(self) -> dict[str, float]:
         return {k: v / max(self.steps, 1) for k, v in self.sums.items()}
 
+    def state(self) -> dict[str, Any]:
+        """The loss sums so far (checkpointed: a resumed run logs the same window means)."""
+        return {"sums": dict(self.sums), "steps": self.steps}
+
+    @classmethod
+    def resume(cls, state: dict[str, Any] | None) -> "_Window":
+        """A window continuing ``state``; images and clock restart (they measure this process)."""
+        window = cls.open()
+        if state:
+            window.sums, window.steps = dict(state["sums"]), int(state["steps"])
+        return window
+
 
 class Trainer:
     """The state and steps of one training run; :func:`fit` is the public entry point."""
@@ -263,6 +275,7 @@ class Trainer:
         self.step = 0
         self.summary: dict[str, Any] = {"images": 0, "train_seconds": 0.0, "loss": {}}
         self.eval_metrics: dict[str, float] = {}
+        self.window = _Window.open()
         self.run_id: str | None = None
         self.model: "nn.Module" = self.backbone
         self._clock = time.perf_counter()
@@ -323,6 +336,7 @@ class Trainer:
             "config": self.config,
             "mlflow_run_id": self.run_id,
             "summary": self.summary,
+            "log_window": self.window.state(),
             "world_size": self.dist.world_size,
         }
 
@@ -358,6 +372,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.summary = state.get("summary", self.summary)
+        self.window = _Window.resume(state.get("log_window"))
         if self.dist.is_main:
             ckpt.restore_rng(state["rng"])
         else:
@@ -532,20 +547,21 @@ class Trainer:
         self._clock, self._saved_step = time.perf_counter(), self.step
         bar = tqdm(total=self.plan.total_steps, initial=self.step, unit="step", desc=self.run_name,
                    disable=not (self.dist.is_main and sys.stderr.isatty()), dynamic_ncols=True)
-        window = _Window.open()
+        self.window = _Window.resume(self.window.state())  # restart the clock: time to here is not training
         stop = False
         try:
             steps = self._micro_batches() if self.step < limit else iter(())
             for group in steps:
                 parts, stop = self.train_step(group, lambda: signals.signum != 0)
-                window.add(parts, self.plan.global_batch)
+                self.window.add(parts, self.plan.global_batch)
                 self.summary["images"] += self.plan.global_batch
                 bar.update(1)
                 final = stop or self.step >= limit
                 if self._due(self.log_every) or final:
-                    self._log(window)
+                    self._log(self.window)
                     bar.set_postfix(loss=f"{parts['loss']:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.3g}")
-                    window = _Window.open()
+                if self._due(self.log_every):  # a stop keeps its window: the resumed run completes it
+                    self.window = _Window.open()
                 if self._due(self.optim.eval_every):
                     self._evaluate()
                 if final or self._due(self.optim.checkpoint_every) or self._due(self.plan.steps_per_epoch):
