@@ -564,6 +564,11 @@ class Trainer:
                     self.window = _Window.open()
                 if self._due(self.optim.eval_every):
                     self._evaluate()
+                if self._due(self.plan.steps_per_epoch) and self.dist.is_main:
+                    # One line per epoch: the progress report where no terminal shows the bar (dvc, CI).
+                    log.info("%s: epoch %d/%d done (step %d/%d), loss %.4f", self.run_name,
+                             self.step // self.plan.steps_per_epoch, self.plan.epochs, self.step,
+                             self.plan.total_steps, parts["loss"])
                 if final or self._due(self.optim.checkpoint_every) or self._due(self.plan.steps_per_epoch):
                     self._save()
                 if final:
