@@ -234,3 +234,11 @@ def test_cache_built_on_cuda_matches_cpu_and_lands_on_cuda(tmp_path: Path, cache
     online = OnlineTeacher(copy.deepcopy(teacher), "cuda")(dict(batch))["teacher"]
     assert cached.device.type == "cuda" and cached.dtype == torch.float32
     torch.testing.assert_close(cached, online, rtol=1e-2, atol=1e-3)
+
+
+def test_flipping_dataset_is_refused(tmp_path: Path, teacher, rec_dir) -> None:
+    # The cache's row [i, 0] must be the unflipped image; a dataset that flips itself would mix them.
+    with pytest.raises(ValueError, match="augment=False"):
+        write_teacher_features(tmp_path / "f", copy.deepcopy(teacher), _data(rec_dir, augment=True),
+                               teacher_name="teacher", weights_hash=WEIGHTS)
+    assert not (tmp_path / "f" / "embeddings.npy").exists()

@@ -121,6 +121,9 @@ def write_teacher_features(
     """
     if dtype not in CACHE_DTYPES:
         raise ConfigError(f"distill.cache_dtype: '{dtype}' is not one of {', '.join(CACHE_DTYPES)}")
+    if getattr(data.dataset, "augment", False):
+        # Row [i, 0] must be the unflipped image: a dataset that flips on its own would mix them.
+        raise ValueError("write_teacher_features needs a dataset opened with augment=False (it flips explicitly)")
     out_dir = Path(out_dir)
     (out_dir / META_FILE).unlink(missing_ok=True)
     device = torch.device(device)
