@@ -207,3 +207,18 @@ def write_rec(folder: Path, images: "Any", labels: "Any", quality: int = 95) -> 
     items = ((int(y), encode_jpeg(img, quality)) for img, y in zip(images, labels, strict=True))
     write_face_rec(folder / "train.rec", folder / "train.idx", items)
     return folder
+
+
+def measure(inner: Callable[[bool], list["Result"]], quick: bool = False) -> list["Result"]:
+    """Run a target's measurement on the benchmark threads (tiny sizes with ``quick``)."""
+    with threads(quick):
+        return inner(quick)
+
+
+def module_main(doc: str | None, run: Callable[[bool], list["Result"]]) -> None:
+    """``python -m bench.<name> [--quick]`` for one target."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds), for the smoke test")
+    run(parser.parse_args().quick)

@@ -12,7 +12,6 @@ verdict), 1 and 2 workers. Target: wait < 5% of the step.
 """
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import time
 from dataclasses import dataclass
@@ -195,15 +194,8 @@ def _run(quick: bool) -> list[common.Result]:
 
 def run(quick: bool = False) -> list[common.Result]:
     """Measure this target (tiny sizes with ``quick``: a correctness check, not a measurement)."""
-    with common.threads(quick):
-        return _run(quick)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds), for the smoke test")
-    run(parser.parse_args().quick)
+    return common.measure(_run, quick)
 
 
 if __name__ == "__main__":
-    main()
+    common.module_main(__doc__, run)

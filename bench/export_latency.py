@@ -8,7 +8,6 @@ agree (cosine >= 0.9999: "identical").
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 from collections.abc import Callable
@@ -94,15 +93,8 @@ def _run(quick: bool) -> list[common.Result]:
 
 def run(quick: bool = False) -> list[common.Result]:
     """Measure this target (tiny sizes with ``quick``: a correctness check, not a measurement)."""
-    with common.threads(quick):
-        return _run(quick)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes (seconds), for the smoke test")
-    run(parser.parse_args().quick)
+    return common.measure(_run, quick)
 
 
 if __name__ == "__main__":
-    main()
+    common.module_main(__doc__, run)
