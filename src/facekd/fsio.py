@@ -56,3 +56,20 @@ def write_text(target: str | Path, text: str) -> None:
 
 def write_json(target: str | Path, obj: Any) -> None:
     write_text(target, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json_object(path: str | Path, error: type[FacekdError], *, missing: str, redo: str) -> dict[str, Any]:
+    """The JSON object stored in ``path``.
+
+    Raises ``error`` naming the file: ``missing`` says what its absence means, ``redo`` how to
+    re-create it when it is unreadable, not JSON, or not an object.
+    """
+    try:
+        value = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise error(f"{path}: {missing}") from None
+    except (OSError, ValueError) as err:
+        raise error(f"{path}: unreadable or not JSON ({err}); {redo}") from None
+    if not isinstance(value, dict):
+        raise error(f"{path}: expected a JSON object, got {type(value).__name__}; {redo}")
+    return value

@@ -32,7 +32,7 @@ import numpy as np
 
 from facekd.config import Params
 from facekd.errors import FacekdError, RegistryError
-from facekd.fsio import write_json
+from facekd.fsio import read_json_object, write_json
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -110,17 +110,9 @@ def metrics_path(model_name: str) -> Path:
 def read_eval_metrics(model_name: str) -> dict[str, Any]:
     """``metrics/eval/<model>.json`` (written by the evaluate stage)."""
     path = metrics_path(model_name)
-    try:
-        metrics = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RegistryError(
-            f"{path}: no evaluation metrics for model '{model_name}'; run `facekd evaluate {model_name}` first"
-        ) from None
-    except (OSError, ValueError) as err:
-        raise RegistryError(f"{path}: unreadable or not JSON ({err}); re-run `facekd evaluate {model_name}`") from None
-    if not isinstance(metrics, dict):
-        raise RegistryError(f"{path}: expected a JSON object of metrics, got {type(metrics).__name__}")
-    return metrics
+    return read_json_object(
+        path, RegistryError, redo=f"re-run `facekd evaluate {model_name}`",
+        missing=f"no evaluation metrics for model '{model_name}'; run `facekd evaluate {model_name}` first")
 
 
 def lookup(tree: Any, dotted: str) -> Any:

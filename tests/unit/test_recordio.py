@@ -12,7 +12,6 @@ import pytest
 
 from facekd.data.images import encode_jpeg
 from facekd.data.recordio import (
-    MAGIC,
     FaceRecordFile,
     IRHeader,
     RecordIOReader,

@@ -11,7 +11,6 @@ complete. Loading rebuilds the backbone from ``meta.json`` and loads weights str
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 import shutil
@@ -111,16 +110,9 @@ def save_model_dir(
 def read_meta(path: str | Path) -> dict[str, Any]:
     """The ``meta.json`` of a model directory, checked for the keys needed to rebuild it."""
     meta_path = Path(path) / META_FILE
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise DataError(
-            f"{meta_path}: missing; {path} is not a model directory (expected {META_FILE} and {BACKBONE_FILE})"
-        ) from None
-    except (OSError, ValueError) as err:
-        raise DataError(f"{meta_path}: unreadable or not JSON ({err}); re-create the model directory") from None
-    if not isinstance(meta, dict):
-        raise DataError(f"{meta_path}: expected a JSON object, got {type(meta).__name__}")
+    meta = fsio.read_json_object(
+        meta_path, DataError, redo="re-create the model directory",
+        missing=f"missing; {path} is not a model directory (expected {META_FILE} and {BACKBONE_FILE})")
     missing = [key for key in REQUIRED_META if key not in meta]
     if missing:
         raise DataError(f"{meta_path}: lacks {', '.join(missing)}; re-create the model directory")

@@ -17,7 +17,6 @@ from typing import Any
 
 from facekd.config import Params
 from facekd.errors import ConfigError, DataError
-from facekd.fsio import write_json
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +215,7 @@ def run_config(params: Params, method: str, data_hash: str, teacher: TeacherSide
 
 def _write_outputs(params: Params, method: str, data: Any, teacher: TeacherSide | None, backbone: Any,
                    objective: Any, result: dict[str, Any], tracker: Any) -> None:
-    from facekd.models.store import save_model_dir
+    from facekd.stages.outputs import publish_trained_model
 
     head = objective.student_head()
     meta: dict[str, Any] = {
@@ -232,19 +231,7 @@ def _write_outputs(params: Params, method: str, data: Any, teacher: TeacherSide 
                  "teacher_source": params.distill.teacher_source}
     if head is not None:
         meta["head"] = {"type": head.kind, "scale": head.scale, "margin": head.margin}
-    save_model_dir(model_dir(method), backbone.cpu(), meta, head=head.weight.detach().cpu() if head else None)
-    loss = result["loss"]
-    metrics = {
-        "loss": loss.get("loss"),
-        **{f"loss.{k}": v for k, v in sorted(loss.items()) if k != "loss"},
-        "epochs": result["epochs"],
-        "steps": result["step"],
-        "images": result["images"],
-        "img_per_s": round(result["img_per_s"], 3),
-        "train_seconds": round(result["train_seconds"], 3),
-        **{f"eval.{k}": v for k, v in result["eval"].items()},
-    }
-    write_json(metrics_file(method), metrics)
-    tracker.log_artifact(model_dir(method), "model")
+    metrics = publish_trained_model(model_dir(method), metrics_file(method), backbone, meta,
+                                    head.weight.detach().cpu() if head else None, result, tracker)
     log.info("distill %s: %d steps, final loss %s, %.1f img/s -> %s", method, result["step"], metrics["loss"],
              result["img_per_s"], model_dir(method))

@@ -15,7 +15,6 @@ from typing import Any
 
 from facekd.config import OptimParams, Params
 from facekd.errors import ConfigError, DataError
-from facekd.fsio import write_json
 
 log = logging.getLogger(__name__)
 
@@ -124,17 +123,8 @@ def _train(params: Params, dist: Any) -> None:
 
 
 def _write_outputs(backbone: Any, head: Any, meta: dict[str, Any], result: dict[str, Any], tracker: Any) -> None:
-    from facekd.models.store import save_model_dir
+    from facekd.stages.outputs import publish_trained_model
 
-    save_model_dir(MODEL_DIR, backbone.cpu(), meta, head=head.weight.detach().cpu())
-    metrics = {
-        "loss": result["loss"].get("loss"),
-        "epochs": result["epochs"],
-        "steps": result["step"],
-        "images": result["images"],
-        "img_per_s": round(result["img_per_s"], 3),
-        "train_seconds": round(result["train_seconds"], 3),
-    }
-    write_json(METRICS_FILE, metrics)
-    tracker.log_artifact(MODEL_DIR, "model")
+    metrics = publish_trained_model(MODEL_DIR, METRICS_FILE, backbone, meta, head.weight.detach().cpu(), result,
+                                    tracker)
     log.info("teacher_shkd: %d steps, final loss %s -> %s", result["step"], metrics["loss"], MODEL_DIR)

@@ -17,7 +17,6 @@ from typing import Any
 
 from facekd.config import Params, TeacherParams
 from facekd.errors import ConfigError, DataError
-from facekd.fsio import write_json
 
 log = logging.getLogger(__name__)
 
@@ -137,27 +136,16 @@ def _train(params: Params, dist: Any) -> None:
 
 def _write_outputs(params: Params, data_meta: dict[str, Any], backbone: Any, centres: Any,
                    result: dict[str, Any], tracker: Any) -> None:
-    from facekd.models.store import save_model_dir
+    from facekd.stages.outputs import publish_trained_model
 
-    teacher = params.teacher
-    save_model_dir(MODEL_DIR, backbone.cpu(), {
+    meta = {
         "role": "teacher",
         "data_hash": data_meta["data_hash"],
         "num_classes": int(centres.shape[0]),
-        "head": teacher.head.model_dump(mode="json"),
+        "head": params.teacher.head.model_dump(mode="json"),
         "trained_steps": result["step"],
         "mlflow_run_id": result["mlflow_run_id"],
-    }, head=centres.cpu())
-    metrics = {
-        "loss": result["loss"].get("loss"),
-        "epochs": result["epochs"],
-        "steps": result["step"],
-        "images": result["images"],
-        "img_per_s": round(result["img_per_s"], 3),
-        "train_seconds": round(result["train_seconds"], 3),
-        **{f"eval.{k}": v for k, v in result["eval"].items()},
     }
-    write_json(METRICS_FILE, metrics)
-    tracker.log_artifact(MODEL_DIR, "model")
+    metrics = publish_trained_model(MODEL_DIR, METRICS_FILE, backbone, meta, centres.cpu(), result, tracker)
     log.info("teacher: %d steps, final loss %s, %.1f img/s -> %s", result["step"], metrics["loss"],
              result["img_per_s"], MODEL_DIR)

@@ -54,7 +54,6 @@ def _default_device(local_rank: int) -> "torch.device":
 
 def init_distributed() -> DistInfo:
     """Join torchrun's process group (gloo on CPU, nccl on CUDA), or describe the single process."""
-    import torch
     import torch.distributed as torch_dist
 
     if "WORLD_SIZE" not in os.environ:

@@ -171,13 +171,28 @@ def _determinism(enabled: bool) -> Iterator[None]:
 
     before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
     benchmark = torch.backends.cudnn.benchmark
-    torch.use_deterministic_algorithms(enabled, warn_only=True)
+    _set_deterministic(enabled, warn_only=True)
     torch.backends.cudnn.benchmark = not enabled
     try:
         yield
     finally:
-        torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        _set_deterministic(before[0], warn_only=before[1])
         torch.backends.cudnn.benchmark = benchmark
+
+
+def _set_deterministic(enabled: bool, *, warn_only: bool) -> None:
+    """``torch.use_deterministic_algorithms`` without its import of ``torch._inductor`` when unused.
+
+    The public call imports the inductor config (~3 CPU-s, paid by every training stage) only to
+    copy the flag into it; when nothing has imported the inductor (no ``torch.compile`` in this
+    process) the flag is set in the core alone, which is all eager kernels read.
+    """
+    import torch
+
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    else:
+        torch._C._set_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 def _amp_dtype(amp: str, device: "torch.device") -> "torch.dtype | None":
