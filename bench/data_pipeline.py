@@ -3,8 +3,12 @@
 Rate: facekd's training DataLoader (the Trainer's own: ``FaceDataset`` over a ``.rec``, epoch
 batches, per-image hashed flips, collate) with 2 workers, in images per second once the workers
 are up, against the raw JPEG-decode rate of the same encoded images (``cv2.imdecode`` only, bytes
-already in memory) on the same number of processes. Target: facekd >= 0.8x raw. The images come
-back from the loader identical to decoding (and flipping) the JPEG bytes directly ("identical").
+already in memory) on the same number of processes, handed out in batch-sized chunks as processes
+free up (as the loader's batches are: a static half each would make the raw side wait for its
+slower process on a loaded box). Target: facekd >= 0.8x raw. The images come back from the loader
+identical to decoding (and flipping) the JPEG bytes directly ("identical"). A note adds the CPU
+time per image of both sides (loader: its workers and the main process over the whole epoch),
+which other jobs on the machine do not skew the way they skew wall-clock rates.
 
 Wait: the ``none`` student's training loop at params.yaml's student size, timing how long the
 loop blocks on the loader against the step itself, with the configured ``optim.workers`` (the
@@ -13,6 +17,7 @@ verdict), 1 and 2 workers. Target: wait < 5% of the step.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,22 +55,30 @@ def _hold(jpegs: list[bytes]) -> None:
     _JPEGS[:] = jpegs
 
 
-def _decode_range(bounds: tuple[int, int]) -> int:
-    """Decode _JPEGS[start:stop] (runs in a pool worker); returns the count."""
+def _decode_range(bounds: tuple[int, int]) -> tuple[int, float]:
+    """Decode _JPEGS[start:stop] (runs in a pool worker); returns (count, CPU seconds)."""
     import cv2
 
     start, stop = bounds
+    cpu = time.process_time()
     for data in _JPEGS[start:stop]:
         cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
-    return stop - start
+    return stop - start, time.process_time() - cpu
 
 
-def _raw_rate(pool: Any, n: int, processes: int) -> float:
-    """Images per second decoding all JPEGs split evenly over the pool's processes."""
-    cuts = np.linspace(0, n, processes + 1).astype(int)
+def _raw_rate(pool: Any, n: int, chunk: int) -> tuple[float, float]:
+    """(images per second, CPU seconds per image) decoding JPEGs 0..n-1 in ``chunk``-image tasks."""
     start = time.perf_counter()
-    done = sum(pool.map(_decode_range, list(zip(cuts[:-1], cuts[1:], strict=True))))
-    return done / (time.perf_counter() - start)
+    done = pool.map(_decode_range, [(s, min(s + chunk, n)) for s in range(0, n, chunk)], chunksize=1)
+    wall = time.perf_counter() - start
+    count, cpu = np.sum(done, axis=0)
+    return count / wall, cpu / count
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process plus its reaped children (a finished epoch's loader workers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def _trainer(dataset: Any, setup: Setup, workers: int, run_dir: Path) -> Any:
@@ -91,14 +104,17 @@ def _epoch_batches(trainer: Any, epoch: int = 0) -> Any:
     return iter(trainer.loader)
 
 
-def _loader_rate(trainer: Any) -> tuple[float, float]:
-    """(images per second after the first batch, seconds until the first batch) over one epoch."""
+def _loader_rate(trainer: Any) -> tuple[float, float, float]:
+    """(images per second after the first batch, seconds until the first batch, CPU seconds per
+    image over the whole epoch: workers, their start-up and the main process) over one epoch."""
+    cpu = _cpu_seconds()
     start = time.perf_counter()
     batches = _epoch_batches(trainer)
     first = next(batches)
     ready = time.perf_counter()
-    count = sum(len(b["index"]) for b in batches)
-    return count / (time.perf_counter() - ready), ready - start
+    count = sum(len(b["index"]) for b in batches)  # exhausting the iterator joins its workers
+    rate = count / (time.perf_counter() - ready)
+    return rate, ready - start, (_cpu_seconds() - cpu) / (count + len(first["index"]))
 
 
 def _loader_identical(trainer: Any, folder: Path) -> bool:
@@ -122,27 +138,33 @@ def _rate_results(setup: Setup, folder: Path, dataset: Any, tmp: Path) -> list[c
     jpegs = [reader.image_bytes(i) for i in range(len(reader))]
     trainer = _trainer(dataset, setup, WORKERS, tmp / "rate")
     ctx = multiprocessing.get_context("fork")  # the DataLoader's workers fork too
-    ours, raw, startup = [], [], []
+    ours, raw, startup, ours_cpu, raw_cpu = [], [], [], [], []
     with ctx.Pool(WORKERS, initializer=_hold, initargs=(jpegs,)) as pool:
-        _raw_rate(pool, min(64, len(jpegs)), WORKERS)  # warm the pool
+        _raw_rate(pool, min(4 * setup.batch, len(jpegs)), setup.batch)  # warm the pool
         _loader_rate(trainer)  # warm the page cache and the loader
         for r in range(setup.repeats):  # interleaved A B B A
             order = ("raw", "ours") if r % 2 == 0 else ("ours", "raw")
             for side in order:
                 if side == "raw":
-                    raw.append(_raw_rate(pool, len(jpegs), WORKERS))
+                    rate, cpu = _raw_rate(pool, len(jpegs), setup.batch)
+                    raw.append(rate)
+                    raw_cpu.append(cpu)
                 else:
-                    rate, first = _loader_rate(trainer)
+                    rate, first, cpu = _loader_rate(trainer)
                     ours.append(rate)
                     startup.append(first)
+                    ours_cpu.append(cpu)
         # One process each: the per-core cost of the format, flip and collate.
         single_raw = len(jpegs) / common.timed(lambda: pool.apply(_decode_range, ((0, len(jpegs)),)))[0]
     single_ours = _loader_rate(_trainer(dataset, setup, 0, tmp / "single"))[0]
     same = _loader_identical(trainer, folder)
     ratio = float(np.median(np.array(ours) / np.array(raw)))
+    cpu_ours, cpu_raw = float(np.median(ours_cpu)), float(np.median(raw_cpu))
     common.note(f"worker start-up (first batch) {common.ms(float(np.median(startup)))} per epoch; "
                 f"one process: loader {single_ours:.0f} img/s vs raw decode {single_raw:.0f} img/s "
-                f"-> {single_ours / single_raw:.2f}")
+                f"-> {single_ours / single_raw:.2f}; CPU per image, {WORKERS} workers: loader "
+                f"{cpu_ours * 1e6:.0f} us (workers + main) vs raw decode {cpu_raw * 1e6:.0f} us -> "
+                f"{cpu_raw / cpu_ours:.2f}")
     return [common.emit(common.Result(
         "data_pipeline", f"rate/{WORKERS}-workers",
         f"loader {np.median(ours):.0f} img/s vs raw decode {np.median(raw):.0f} img/s ({len(jpegs)} JPEGs, "

@@ -145,3 +145,60 @@ def test_batches_do_not_depend_on_workers_ranks_or_resume(tmp_path: Path) -> Non
         shards.append(list(ranked))
     # step s of the global order = rank 0's micro-batches then rank 1's
     assert sum(shards[0][:2] + shards[1][:2], []) == order[:8].tolist()
+
+
+def _datasets(tmp_path: Path) -> dict[str, object]:
+    """One dataset per source kind, flipping (seed 3), 9-10 images each."""
+    _write_folders(tmp_path / "ids", labeled=True)
+    _write_folders(tmp_path / "raw", labeled=False)
+    return {
+        "rec": open_training_data(_write_rec(tmp_path / "rec", classes=3, per_class=3), "rec", seed=3),
+        "folder": open_training_data(tmp_path / "ids", "folder", seed=3),
+        "unlabeled": open_training_data(tmp_path / "raw", "unlabeled", seed=3),
+    }
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batched_loader_equals_per_item_batches(tmp_path: Path, workers: int) -> None:
+    batches = [[5, 0, 3], [1, 4], [2]]
+    for kind, ds in _datasets(tmp_path).items():
+        ds.set_epoch(1)
+        loader = torch.utils.data.DataLoader(ds, batch_sampler=batches, num_workers=workers, collate_fn=collate)
+        got = list(loader)
+        assert len(got) == len(batches), kind
+        for indices, batch in zip(batches, got, strict=True):
+            expected = collate([ds[i] for i in indices])
+            assert batch.keys() == expected.keys(), kind
+            for key in expected:
+                assert batch[key].dtype == expected[key].dtype and torch.equal(batch[key], expected[key]), (kind, key)
+            assert batch["flip"].tolist() == flip_decisions(3, 1, indices).tolist()
+        flips = torch.cat([b["flip"] for b in got])
+        assert 0 < int(flips.sum()) < len(flips), kind  # both paths exercised, mirrored and not
+
+
+def test_batched_rec_images_are_the_written_images(tmp_path: Path) -> None:
+    ds = open_training_data(_write_rec(tmp_path / "rec", classes=3, per_class=3), "rec", seed=3)
+    batch = ds.__getitems__([8, 2, 4, 7])
+    assert batch["image"].shape == (4, 3, 112, 112) and batch["image"].is_contiguous()
+    assert batch["label"].tolist() == [2, 0, 1, 2] and batch["index"].tolist() == [8, 2, 4, 7]
+    for img, i, flip in zip(batch["image"], [8, 2, 4, 7], batch["flip"].tolist(), strict=True):
+        face = _face(i // 3, i % 3)
+        assert np.array_equal(img.permute(1, 2, 0).numpy(), face[:, ::-1] if flip else face)
+    with pytest.raises(IndexError, match="image index 9 out of range for 9 images"):
+        ds.__getitems__([0, 9])
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batched_loader_names_a_corrupt_record(tmp_path: Path, workers: int) -> None:
+    root = tmp_path / "rec"
+    root.mkdir()
+    items = [(0, _png(_face(0, 0))), (0, b"\xff\xd8 not a JPEG any more"), (1, _png(_face(1, 0)))]
+    write_face_rec(root / "train.rec", root / "train.idx", items)
+    ds = open_training_data(root, "rec")
+    loader = torch.utils.data.DataLoader(ds, batch_sampler=[[0, 2], [2, 1, 0]], num_workers=workers,
+                                         collate_fn=collate)
+    with pytest.raises(DataError, match=r"train\.rec: record key 2 \(image 1\): cannot decode image"):
+        list(loader)
+    odd = open_training_data(_write_rec(tmp_path / "odd", odd=4), "rec")
+    with pytest.raises(DataError, match=r"train\.rec: image 4: image is 96x96x3.*expected 112x112x3"):
+        odd.__getitems__([3, 4])

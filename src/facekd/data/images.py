@@ -12,6 +12,10 @@ import numpy as np
 
 from facekd.errors import DataError
 
+# OpenCV >= 4.10 decodes straight to RGB (same pixels as BGR + cvtColor, one pass less); older
+# versions lack the flag and take the BGR path.
+_IMREAD_RGB: int | None = getattr(cv2, "IMREAD_COLOR_RGB", None)
+
 
 def decode_image(data: bytes, where: str) -> np.ndarray:
     """Decode encoded image bytes to an (H, W, 3) uint8 RGB array.
@@ -23,15 +27,15 @@ def decode_image(data: bytes, where: str) -> np.ndarray:
         raise DataError(f"{where}: image is empty (0 bytes); re-create the dataset file")
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
-        bgr = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+        img = cv2.imdecode(buf, cv2.IMREAD_COLOR if _IMREAD_RGB is None else _IMREAD_RGB)
     except cv2.error as err:
         raise DataError(f"{where}: cannot decode image ({len(data)} bytes): {err.err}") from None
-    if bgr is None or bgr.ndim != 3 or bgr.shape[2] != 3:
+    if img is None or img.ndim != 3 or img.shape[2] != 3:
         raise DataError(
             f"{where}: cannot decode image ({len(data)} bytes; not a JPEG/PNG/BMP/WebP); "
             "the file is corrupt or not an image"
         )
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if _IMREAD_RGB is None else img
 
 
 def encode_jpeg(img: np.ndarray, quality: int = 95) -> bytes:
