@@ -4,7 +4,9 @@ The student is exported by facekd's ``export_onnx`` (the graph the ``export`` st
 same module in eval mode under ``inference_mode`` is the PyTorch side, fed the same normalised
 (1, 3, 112, 112) input. Calls are interleaved in blocks and the latency is the median call, on 2
 threads (the machine) and on 1 thread (what the export stage's checks record). The embeddings must
-agree (cosine >= 0.9999: "identical").
+agree (cosine >= 0.9999: "identical"). The same export without the PRelu rewrite
+(``rewrite_prelu=False``, see ``facekd.export.rewrite``) is timed in the same rounds and shown in
+the note, with its largest output difference from the rewritten graph.
 """
 from __future__ import annotations
 
@@ -64,9 +66,11 @@ def run_setup(setup: Setup) -> list[common.Result]:
     out = []
     with common.scratch_dir("export") as tmp:
         info = export_onnx(model, tmp / "student.onnx", opset=18, exporter=setup.exporter)
+        export_onnx(model, tmp / "plain.onnx", opset=18, exporter=info["exporter"], rewrite_prelu=False)
         for threads in dict.fromkeys((torch.get_num_threads(), 1)):
             torch.set_num_threads(threads)
             session = open_session(tmp / "student.onnx", threads)
+            plain = open_session(tmp / "plain.onnx", threads)
             tx = torch.from_numpy(x)
 
             def eager() -> np.ndarray:
@@ -76,13 +80,18 @@ def run_setup(setup: Setup) -> list[common.Result]:
             def ort() -> np.ndarray:
                 return session.run(None, {INPUT_NAME: x})[0]
 
+            def ort_plain() -> np.ndarray:
+                return plain.run(None, {INPUT_NAME: x})[0]
+
             same = float(cosine_rows(ort(), eager()).min()) >= 0.9999
-            lat = _latencies({"ort": ort, "eager": eager}, setup.calls)
+            rewrite_diff = float(np.abs(ort() - ort_plain()).max())
+            lat = _latencies({"ort": ort, "ort_plain": ort_plain, "eager": eager}, setup.calls)
             out.append(common.emit(common.Result(
                 "export_latency", f"{setup.name}/{threads}-thread",
                 f"onnxruntime {lat['ort'] * 1e3:.2f} ms vs PyTorch eager {lat['eager'] * 1e3:.2f} ms (batch 1)",
                 lat["ort"] / lat["eager"], op="<=", limit=LIMIT, identical=same,
-                note=f"{info['exporter']} exporter, opset 18")))
+                note=f"{info['exporter']} exporter, opset 18, {info['prelu_rewritten']} PRelu rewritten; "
+                     f"plain PRelu graph {lat['ort_plain'] * 1e3:.2f} ms, max abs diff {rewrite_diff:.1e}")))
     torch.set_num_threads(start_threads)
     return out
 

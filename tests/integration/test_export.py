@@ -51,6 +51,8 @@ def test_export_is_one_file_with_the_submission_layout(exported):
     meta = {p.key: p.value for p in proto.metadata_props}
     assert meta["opset"] == "18" and meta["arch"] == "iresnet_tiny" and meta["method"] == "feature"
     assert meta["exporter"] == info["exporter"] == "legacy"
+    assert meta["prelu_rewritten"] == str(info["prelu_rewritten"]) == "5"  # every PReLU, by default
+    assert "PRelu" not in {n.op_type for n in proto.graph.node}
     assert info["file_bytes"] == path.stat().st_size and info["embedding_size"] == 32
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     for batch in (1, 3):  # the batch dimension is dynamic
@@ -105,6 +107,29 @@ def test_default_exporter_handles_mobilefacenet(tmp_path, images):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mfn.onnx"]
     report = run_checks(tmp_path / "mfn.onnx", model, images, FAST)
     assert report["passed"], report["failures"]
+
+
+@pytest.mark.parametrize(
+    ("arch", "exporter"),
+    [("mfn", "legacy"), ("iresnet_tiny", "legacy"),
+     pytest.param("mfn", "dynamo", marks=pytest.mark.slow), pytest.param("iresnet_tiny", "dynamo", marks=pytest.mark.slow)],
+)
+def test_prelu_rewrite_matches_the_plain_graph(arch, exporter, tmp_path, images):
+    """The exporter's own PRelu layouts (legacy: (C,1,1), some behind Identity; dynamo: (1,C,1,1),
+    shared), rewritten: no PRelu left, valid ONNX, the plain graph's outputs."""
+    model = tiny_model(arch)
+    plain_info = export_onnx(model, tmp_path / "plain.onnx", opset=18, exporter=exporter, rewrite_prelu=False)
+    info = export_onnx(model, tmp_path / "rewritten.onnx", opset=18, exporter=exporter)
+    plain, rewritten = onnx.load(str(tmp_path / "plain.onnx")), onnx.load(str(tmp_path / "rewritten.onnx"))
+    prelus = sum(n.op_type == "PRelu" for n in plain.graph.node)
+    assert prelus > 0 and plain_info["prelu_rewritten"] == 0 and info["prelu_rewritten"] == prelus
+    assert "PRelu" not in {n.op_type for n in rewritten.graph.node}
+    onnx.checker.check_model(rewritten, full_check=True)
+    x = to_input(images)
+    outs = [onnxruntime.InferenceSession(str(tmp_path / name), providers=["CPUExecutionProvider"])
+            .run(None, {"data": x})[0] for name in ("plain.onnx", "rewritten.onnx")]
+    assert np.abs(outs[0] - outs[1]).max() < 1e-6
+    assert run_checks(tmp_path / "rewritten.onnx", model, images, FAST)["passed"]
 
 
 def _workspace(root: Path, images: np.ndarray) -> None:

@@ -161,3 +161,68 @@ def test_graph_onnxruntime_cannot_load_or_run_is_a_reported_failure(tmp_path: Pa
     onnx.save_model(renamed, tmp_path / "renamed.onnx")
     report = run_checks(tmp_path / "renamed.onnx", None, images, ExportParams())
     assert not report["passed"] and report["failures"][0].startswith("onnxruntime cannot load or run")
+
+
+# --- PRelu rewrite --------------------------------------------------------------------------------
+
+
+def prelu_graph() -> onnx.ModelProto:
+    """data -> PRelu (3,1,1) -> PRelu (1,3,1,1) behind an Identity -> PRelu sharing the first slope
+    -> the `graph()` tail: the slope layouts and sharing the legacy and dynamo exporters emit."""
+    rng = np.random.default_rng(1)
+    slopes = {"s3": rng.uniform(-0.5, 0.5, (3, 1, 1)), "s4": rng.uniform(-0.5, 0.5, (1, 3, 1, 1))}
+    base = graph()
+    base.graph.node[0].input[0] = "a3"  # the tail now reads the last PRelu's output
+    head = [
+        helper.make_node("PRelu", ["data", "s3"], ["a1"], name="act/PRelu"),
+        helper.make_node("Identity", ["s4"], ["s4_shared"], name="slope_alias"),
+        helper.make_node("PRelu", ["a1", "s4_shared"], ["a2"], name="node_prelu"),
+        helper.make_node("PRelu", ["a2", "s3"], ["a3"], name=""),
+    ]
+    nodes = head + list(base.graph.node)
+    del base.graph.node[:]
+    base.graph.node.extend(nodes)
+    base.graph.initializer.extend(numpy_helper.from_array(v.astype(np.float32), k) for k, v in slopes.items())
+    onnx.checker.check_model(base, full_check=True)
+    return base
+
+
+def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, {"data": x})[0]
+
+
+def test_prelu_rewrite_gives_the_same_outputs_without_prelu():
+    from facekd.export.rewrite import rewrite_prelu
+
+    plain = prelu_graph()
+    before = plain.SerializeToString()
+    rewritten, count = rewrite_prelu(plain)
+    assert count == 3 and plain.SerializeToString() == before  # the input model is not modified
+    ops = [n.op_type for n in rewritten.graph.node]
+    assert "PRelu" not in ops and ops.count("Max") == ops.count("Min") == 3
+    onnx.checker.check_model(rewritten, full_check=True)
+    assert failing(rewritten) == set()  # new node names do not look like Sub*/Mul* input normalisation
+    x = np.random.default_rng(2).standard_normal((2, 3, 112, 112)).astype(np.float32)
+    x[0, :, :4] = 0.0  # PRelu's x == 0 branch
+    np.testing.assert_array_equal(_run(rewritten, x), _run(plain, x))
+
+
+def test_prelu_rewrite_leaves_a_model_without_prelu_unchanged():
+    from facekd.export.rewrite import rewrite_prelu
+
+    model = graph()
+    rewritten, count = rewrite_prelu(model)
+    assert count == 0 and rewritten.SerializeToString() == model.SerializeToString()
+
+
+def test_prelu_rewrite_refuses_an_input_of_unknown_type():
+    from facekd.errors import ExportError
+    from facekd.export.rewrite import rewrite_prelu
+
+    model = prelu_graph()
+    model.graph.node.insert(0, helper.make_node("Opaque", ["data"], ["hidden"], domain="example.custom", name="op"))
+    model.graph.node[1].input[0] = "hidden"  # the first PRelu now reads a tensor shape inference cannot type
+    model.opset_import.append(helper.make_opsetid("example.custom", 1))
+    with pytest.raises(ExportError, match="'hidden'.*act/PRelu.*rewrite_prelu: false"):
+        rewrite_prelu(model)

@@ -78,7 +78,7 @@ def run(params: Params, model_name: str, *, exporter: Exporter | None = None) ->
     metadata = {key: meta.get(key, "") for key in ("arch", "method", "teacher", "embedding_size", "data_hash")}
     metadata["model"] = model_name
     export = export_onnx(model, onnx_path(model_name), opset=params.export.opset, metadata=metadata,
-                         exporter=exporter or params.export.exporter)
+                         exporter=exporter or params.export.exporter, rewrite_prelu=params.export.rewrite_prelu)
     checks = run_checks(onnx_path(model_name), model, images, params.export)
     report = {
         "model": model_name,
