@@ -7,13 +7,15 @@ in the same interpreter as the flow.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import subprocess
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,8 @@ from facekd.config import ScheduleParams
 from facekd.errors import ConfigError, FacekdError
 
 TAIL_LINES = 30
+# Held by a reproducing flow for its whole run (see pipeline_lock); under .dvc/tmp, which git ignores.
+FLOW_LOCK = Path(".dvc/tmp/facekd-flow.lock")
 # What DVC prints when another DVC process is at work in the same repository: the repository lock
 # (held while DVC checks the pipeline) or a stage's deps/outs lock (held while a stage runs).
 DVC_BUSY = ("Unable to acquire lock", "is busy, it is being blocked by")
@@ -106,7 +110,39 @@ def run_checked(cmd: Sequence[str], cwd: Path, on_line: Callable[[str], object],
             f"{' '.join(cmd)}). Last {len(result.tail)} output lines:\n{tail}")
 
 
-def _capture(cmd: Sequence[str], cwd: Path, what: str) -> str:
+@contextlib.contextmanager
+def pipeline_lock(repo: Path) -> Iterator[None]:
+    """Exclusive, non-blocking lock of ``repo`` for one reproducing flow.
+
+    DVC locks the repository only while it checks the pipeline and each stage's paths while the
+    stage runs, so two flows started together interleave their ``dvc repro <stage>`` calls and
+    either one can hit "'data/eval' is busy" halfway. Taking this lock first makes the second flow
+    fail at once, before any stage, and the first one run undisturbed. ``flock`` is released by
+    the kernel when the holder dies, so a killed flow never leaves a stale lock.
+    """
+    path = repo / FLOW_LOCK
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise CommandFailed(
+                f"pipeline busy: another facekd flow is reproducing {repo} (lock {path}, held by {holder}). "
+                "Wait for it to finish and run again.") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def capture(cmd: Sequence[str], cwd: Path, what: str) -> str:
     """Run a short query command and return its stdout; fail with its stderr."""
     proc = subprocess.run(list(cmd), cwd=cwd, env=child_env(), capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, check=False)
@@ -159,7 +195,7 @@ def stage_order(repo: Path) -> list[str]:
     ``.dvc`` files (data added with ``dvc add``) are DAG nodes too but not stages, so they are
     dropped: ``dvc repro`` checks them as part of the stages that depend on them.
     """
-    nodes, edges = parse_dot(_capture(dvc_command("dag", "--dot"), repo, "dvc dag --dot"))
+    nodes, edges = parse_dot(capture(dvc_command("dag", "--dot"), repo, "dvc dag --dot"))
     return [n for n in topological_order(nodes, edges) if not n.endswith(".dvc")]
 
 
@@ -182,7 +218,7 @@ def stage_changes(repo: Path, stage: str) -> list:
     Without ``--with-deps`` DVC compares only this stage's own deps, params, command and outs
     with ``dvc.lock``, which is exactly "did this stage's inputs change".
     """
-    out = _capture(dvc_command("status", stage, "--json"), repo, f"dvc status {stage}")
+    out = capture(dvc_command("status", stage, "--json"), repo, f"dvc status {stage}")
     report = json.loads(out.strip() or "{}")
     return report.get(stage, [])
 

@@ -34,16 +34,18 @@ def reproduce(repo: str = ".", stages: list[str] | None = None) -> list[str]:
     """Reproduce the DVC pipeline of ``repo`` (all stages, or ``stages`` and their foreach items).
 
     Returns the stages checked, in the order they ran. A stage that still fails after its
-    retries fails the flow with that stage's last output lines in the error.
+    retries fails the flow with that stage's last output lines in the error; a second flow on
+    the same repository fails at once with "pipeline busy" (:func:`dvcstages.pipeline_lock`).
     """
     root = Path(repo).resolve()
     schedule = dvcstages.read_schedule(root)
-    selected = dvcstages.select_stages(dvcstages.stage_order(root), stages)
-    get_run_logger().info("stages in order: %s", ", ".join(selected))
-    stage_task = run_stage.with_options(retries=schedule.retries,
-                                        retry_delay_seconds=schedule.retry_delay_seconds)
-    for stage in selected:
-        stage_task(stage, str(root))
+    with dvcstages.pipeline_lock(root):
+        selected = dvcstages.select_stages(dvcstages.stage_order(root), stages)
+        get_run_logger().info("stages in order: %s", ", ".join(selected))
+        stage_task = run_stage.with_options(retries=schedule.retries,
+                                            retry_delay_seconds=schedule.retry_delay_seconds)
+        for stage in selected:
+            stage_task(stage, str(root))
     return selected
 
 

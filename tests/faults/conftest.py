@@ -27,8 +27,7 @@ ERROR_RECORD = re.compile(r"^\d\d:\d\d:\d\d ERROR ", re.MULTILINE)
 
 # Tiny but complete: every stage runs in seconds on one CPU core.
 TINY: dict[str, Any] = {
-    "data": {"path": None, "eval_path": None,
-             "synthetic": {"train_identities": 8, "images_per_identity": 4, "eval_identities": 6,
+    "data": {"synthetic": {"train_identities": 8, "images_per_identity": 4, "eval_identities": 6,
                            "eval_images_per_identity": 4, "pairs_per_set": 40, "workers": 1}},
     "teacher": {"backbone": {"arch": "iresnet_tiny", "embedding_size": 16, "width": 0.125},
                 "head": {"scale": 16.0, "margin": 0.3},

@@ -193,7 +193,7 @@ def test_prepare_folder_empty_and_undecodable(tmp_path: Path) -> None:
     ws.mkdir()
     empty = tmp_path / "faces"
     empty.mkdir()
-    write_params(ws, {"data": {"source": "folder", "path": str(empty)}})
+    write_params(ws, {"data": {"source": "folder", "path": str(empty), "eval_path": None}})
     assert_clean_failure(facekd("prepare", cwd=ws), "faces")
     _assert_nothing_prepared(ws)
 
@@ -221,7 +221,7 @@ def test_validate_names_bad_records(tmp_path: Path) -> None:
             writer.write(key, pack_record(IRHeader(0, float(label), key, 0), blob))
     ws = tmp_path / "ws"
     ws.mkdir()
-    write_params(ws, {"data": {"source": "rec", "path": str(src / "train.rec")}})
+    write_params(ws, {"data": {"source": "rec", "path": str(src / "train.rec"), "eval_path": None}})
     facekd("prepare", cwd=ws, check=True)
     msg = assert_clean_failure(facekd("validate", cwd=ws), "train.rec", "index=5", "index=6", "identities")
     assert json.loads((ws / "reports/validation.json").read_text())["success"] is False, msg

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 from uuid import UUID
 
@@ -68,20 +67,6 @@ def make_project(root: Path, train_cmd: str = "python step.py train prepared.txt
     }
     (root / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}, sort_keys=False))
     return root
-
-
-@pytest.fixture(scope="session")
-def prefect_server(tmp_path_factory: pytest.TempPathFactory):
-    """A temporary Prefect server (test harness) with its own PREFECT_HOME for the session."""
-    from prefect.settings import (PREFECT_HOME, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
-                                  temporary_settings)
-    from prefect.testing.utilities import prefect_test_harness
-
-    home = tmp_path_factory.mktemp("prefect_home")
-    with temporary_settings(updates={PREFECT_HOME: home,
-                                     PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 180}):
-        with prefect_test_harness(server_startup_timeout=180):
-            yield
 
 
 def flow_logs(flow_run_id: UUID) -> list[str]:
@@ -155,6 +140,18 @@ def test_stage_that_always_fails_fails_the_flow_with_its_output(prefect_server, 
     assert "DVC stage 'train' failed" in state.message
     assert "about to fail: detail-42" in state.message
     assert (repo / "prepared.txt").exists() and not (repo / "report.txt").exists()
+
+
+def test_second_flow_on_a_busy_repository_fails_before_any_stage(prefect_server, tmp_path):
+    from pipelines.dvcstages import pipeline_lock
+    from pipelines.reproduce import reproduce
+
+    repo = make_project(tmp_path / "repo")
+    with pipeline_lock(repo):  # another flow's lock (a separate open file: flock conflicts)
+        state = reproduce(repo=str(repo), return_state=True)
+    assert state.is_failed() and "pipeline busy: another facekd flow" in state.message, state.message
+    assert not (repo / "prepared.txt").exists()
+    assert reproduce(repo=str(repo), return_state=True).is_completed()
 
 
 def test_retrain_runs_only_when_the_data_changes(prefect_server, tmp_path):

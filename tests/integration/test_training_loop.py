@@ -106,9 +106,15 @@ def test_resume_is_bit_identical_and_a_finished_run_does_nothing(tmp_path: Path,
     assert (tmp_path / "b" / "last.pt").stat().st_mtime_ns == before
     assert torch.equal(backbone_c.state_dict()["fc.weight"], backbone_b.state_dict()["fc.weight"])
 
+    # Another config: an unfinished run is refused, naming the key; a finished one is retrained
+    # from scratch (new data or params after a completed `dvc repro`).
     changed = OPTIM.model_copy(update={"lr": 0.2})
+    _fit(tmp_path / "c", data_dir, max_steps=1)
     with pytest.raises(TrainingError, match=r"optim\.lr: 0\.05 -> 0\.2"):
-        _fit(tmp_path / "b", data_dir, optim=changed)
+        _fit(tmp_path / "c", data_dir, optim=changed)
+    fresh, _, _ = _fit(tmp_path / "b", data_dir, optim=changed)
+    assert (fresh["step"], fresh["images"]) == (4, 32) and fresh["loss"] != resumed["loss"]
+    assert load_checkpoint(tmp_path / "b" / "last.pt")["config"]["optim"]["lr"] == 0.2
 
 
 class _NanAtStep(HeadObjective):

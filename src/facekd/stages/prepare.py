@@ -1,8 +1,12 @@
 """Stage ``prepare``: build ``data/prepared`` (train.rec/.idx + meta.json) and ``data/eval``.
 
 Sources: the embedded synthetic generator, an insightface ``.rec`` (with its eval ``.bin``
-files beside it or in ``data.eval_path``), or an identity-per-folder image tree. Outputs are
-built in temporary sibling folders and moved into place only when complete.
+files in ``data.eval_path``), or an identity-per-folder image tree. Outputs are built in
+temporary sibling folders and moved into place only when complete.
+
+``data.path`` and ``data.eval_path`` are deps of this stage in ``dvc.yaml`` (their content is
+hashed into ``dvc.lock``); their default folders under ``data/raw/`` hold only a hidden
+``.gitignore`` (so real images never enter git), which is why hidden files are never data here.
 """
 from __future__ import annotations
 
@@ -121,11 +125,18 @@ def _link_eval(eval_path: str | None, out: Path) -> None:
         log.warning("data.eval_path not set: no evaluation sets prepared")
         return
     src = Path(eval_path)  # checked to be a folder by _check_sources
-    for f in sorted(src.rglob("*")):
-        if f.is_file():
-            dst = out / f.relative_to(src)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            _place(f, dst)
+    files = [f for f in sorted(src.rglob("*")) if f.is_file() and _visible(f, src)]
+    if not files:
+        log.warning("data.eval_path %s holds no evaluation sets: none prepared", src)
+    for f in files:
+        dst = out / f.relative_to(src)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        _place(f, dst)
+
+
+def _visible(path: Path, root: Path) -> bool:
+    # Hidden files and folders (the .gitignore placeholder, .DS_Store, ._ files) are not eval data.
+    return not any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
 def _folder_to_rec(root: Path, out: Path) -> None:

@@ -180,6 +180,13 @@ def _determinism(enabled: bool) -> Iterator[None]:
         torch.backends.cudnn.benchmark = benchmark
 
 
+def _finished_elsewise(state: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether a checkpoint is the end of a run under another config (an unfinished one is refused
+    by ``check_config`` instead; checkpoints from before ``total_steps`` was saved count as unfinished)."""
+    return (state.get("config_hash") != ckpt.config_hash(config)
+            and state["step"] >= state.get("total_steps", float("inf")))
+
+
 def _set_deterministic(enabled: bool, *, warn_only: bool) -> None:
     """``torch.use_deterministic_algorithms`` without its import of ``torch._inductor`` when unused.
 
@@ -340,6 +347,7 @@ class Trainer:
         return {
             "format": 1,
             "step": self.step,
+            "total_steps": self.plan.total_steps,
             "epoch": self.step // self.plan.steps_per_epoch,
             "model": unwrap(self.model).state_dict(),
             "objective": self._objective_state(),
@@ -403,6 +411,11 @@ class Trainer:
     def prepare(self) -> None:
         """Resume if a checkpoint exists (else seed), sync ranks, wrap DDP, start tracking."""
         state = ckpt.load_latest(self.run_dir)
+        if state is not None and _finished_elsewise(state, self.config):
+            # New data or params after a completed run (dvc repro, retrain): nothing to resume.
+            log.info("%s: its finished run had another config (%s); training from scratch", self.run_dir,
+                     "; ".join(ckpt.config_diff(state.get("config", {}), self.config)[:5]))
+            state = None
         if state is not None:
             ckpt.check_config(state, self.config, self.run_dir)
             self.restore(state)
