@@ -215,6 +215,12 @@ def measure(inner: Callable[[bool], list["Result"]], quick: bool = False) -> lis
         return inner(quick)
 
 
+def measure_setups(run_setup: Callable[[Any], list["Result"]], quick: bool, quick_setup: Any,
+                   setups: Sequence[Any]) -> list["Result"]:
+    """:func:`measure` of ``run_setup`` over ``setups`` (only ``quick_setup`` with ``quick``)."""
+    return measure(lambda q: [r for setup in ([quick_setup] if q else setups) for r in run_setup(setup)], quick)
+
+
 def module_main(doc: str | None, run: Callable[[bool], list["Result"]]) -> None:
     """``python -m bench.<name> [--quick]`` for one target."""
     import argparse

@@ -136,14 +136,9 @@ def _results(setup: Setup, t: dict[str, common.Timing], same: bool | None) -> li
     return out
 
 
-def _run(quick: bool) -> list[common.Result]:
-    setups = [QUICK] if quick else [FULL, EMBEDDED]
-    return [r for setup in setups for r in run_setup(setup)]
-
-
 def run(quick: bool = False) -> list[common.Result]:
     """Measure this target (tiny sizes with ``quick``: a correctness check, not a measurement)."""
-    return common.measure(_run, quick)
+    return common.measure_setups(run_setup, quick, QUICK, (FULL, EMBEDDED))
 
 
 if __name__ == "__main__":

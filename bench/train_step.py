@@ -114,13 +114,9 @@ def run_setup(setup: Setup) -> list[common.Result]:
         note=f"width {setup.width:g}, {setup.embedding}-d, batch {setup.batch}, {setup.classes} classes"))]
 
 
-def _run(quick: bool) -> list[common.Result]:
-    return [r for setup in ([QUICK] if quick else [FULL, EMBEDDED]) for r in run_setup(setup)]
-
-
 def run(quick: bool = False) -> list[common.Result]:
     """Measure this target (tiny sizes with ``quick``: a correctness check, not a measurement)."""
-    return common.measure(_run, quick)
+    return common.measure_setups(run_setup, quick, QUICK, (FULL, EMBEDDED))
 
 
 if __name__ == "__main__":
