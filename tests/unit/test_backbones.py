@@ -194,3 +194,22 @@ def test_model_table_lists_sizes():
     assert len(table) == 3 and table[1].startswith("iresnet_tiny")
     mfn = next(line for line in table if line.startswith("mfn "))
     assert mfn.split()[1:] == ["1.20", "0.221"]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize(("ch", "size"), [(3, 7), (8, 56), (16, 28), (64, 14)])
+def test_subsampled_shortcut_is_the_strided_1x1_conv(ch, size, channels_last):
+    """iResNet's projection shortcut avoids oneDNN's strided 1x1 path (issue 13) with the same math."""
+    from facekd.models.iresnet import SubsampledPointwiseConv
+
+    torch.manual_seed(0)
+    conv = SubsampledPointwiseConv(ch, 2 * ch, stride=2)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(4, ch, size, size).contiguous(memory_format=layout).requires_grad_()
+    ours, strided = conv(x), torch.nn.functional.conv2d(x, conv.weight, None, stride=2)
+    assert torch.equal(ours, strided)
+    ours_grads = torch.autograd.grad(ours.square().sum(), (x, conv.weight))
+    strided_grads = torch.autograd.grad(strided.square().sum(), (x, conv.weight))
+    for a, b in zip(ours_grads, strided_grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)  # summation order of the weight gradient
+    assert isinstance(conv, torch.nn.Conv2d) and conv.stride == (2, 2) and list(conv.state_dict()) == ["weight"]

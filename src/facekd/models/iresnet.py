@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from facekd.models._layers import channel_unit, trunk_autocast
@@ -35,6 +36,32 @@ def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
+class SubsampledPointwiseConv(nn.Conv2d):
+    """A 1x1 stride-s convolution, computed as an ``s``-subsample followed by a unit-stride 1x1 conv.
+
+    Why: on AVX-512 CPUs, torch 2.13's oneDNN (3.12) segfaults in the backward of a channels_last
+    1x1 stride-2 convolution with few channels (3 or 8 seen; 16 and 32 did not), which is exactly
+    iResNet's projection shortcut at the embedded widths::
+
+        x = torch.randn(32, 8, 56, 56).contiguous(memory_format=torch.channels_last).requires_grad_()
+        m = nn.Conv2d(8, 8, 1, 2, 0, bias=False).to(memory_format=torch.channels_last)
+        m(x).square().sum().backward()   # SIGSEGV on AVX-512 (fine in NCHW or with ONEDNN_MAX_CPU_ISA=AVX2)
+
+    oneDNN serves a strided 1x1 conv by copying the input to a unit-stride buffer inside the kernel;
+    doing that copy here (a strided view) keeps the faulty path out of reach on every CPU. A 1x1
+    kernel without padding only reads the pixels at multiples of the stride, so the result is the
+    same sum over channels; the module is still an ``nn.Conv2d`` with ``stride=s``, so
+    insightface's state_dict keys (``downsample.0.weight``) and the model's description do not change.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
+        super().__init__(in_ch, out_ch, kernel_size=1, stride=stride, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        step_h, step_w = self.stride
+        return F.conv2d(x[:, :, ::step_h, ::step_w], self.weight, self.bias)  # (B, out, ceil(H/s), ceil(W/s))
+
+
 class IBasicBlock(nn.Module):
     """Pre-activation-style block: BN, conv3x3, BN, PReLU, conv3x3(stride), BN, plus shortcut."""
 
@@ -49,7 +76,7 @@ class IBasicBlock(nn.Module):
         self.downsample: nn.Module | None = None
         if stride != 1 or in_ch != out_ch:
             self.downsample = nn.Sequential(
-                nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=stride, bias=False),
+                SubsampledPointwiseConv(in_ch, out_ch, stride),
                 nn.BatchNorm2d(out_ch, eps=1e-05),
             )
 
