@@ -77,14 +77,6 @@ def test_readings_equal_sklearn_curve(levels):
         assert metrics.roc_auc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
 
 
-def test_roc_keeps_every_point():
-    fpr, tpr, thr = metrics.roc(SCORES, LABELS)
-    ref = roc_curve(LABELS, SCORES, drop_intermediate=False)
-    for a, b in zip((fpr, tpr, thr), ref, strict=True):
-        np.testing.assert_array_equal(a, b)
-    assert len(fpr) == len(SCORES) + 1
-
-
 @pytest.mark.parametrize("levels", [5, 0])
 def test_compact_roc_curve_has_sklearn_corners_and_area(levels):
     rng = np.random.default_rng(11 + levels)

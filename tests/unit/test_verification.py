@@ -8,6 +8,7 @@ import pytest
 from sklearn.model_selection import KFold
 
 from facekd.errors import ConfigError, DataError
+from facekd.evaluation import verification
 from facekd.evaluation.verification import DEFAULT_THRESHOLDS, fold_accuracy, pair_embeddings, verification_metrics
 
 
@@ -91,3 +92,12 @@ def test_bad_inputs():
         verification_metrics(a, a, np.zeros(20, bool), thresholds=np.array([0.5, 0.1]))
     with pytest.raises(ConfigError, match="n_folds"):
         verification_metrics(a, a, np.zeros(20, bool), n_folds=21)
+
+
+@pytest.mark.parametrize("n_folds", [2, 3, 10])
+@pytest.mark.parametrize("n", [10, 11, 19, 600, 6007])
+def test_fold_ids_are_sklearn_kfold(n, n_folds):
+    expected = np.empty(n, dtype=np.int64)
+    for fold, (_, test) in enumerate(KFold(n_splits=n_folds, shuffle=False).split(np.arange(n))):
+        expected[test] = fold
+    np.testing.assert_array_equal(verification.fold_ids(n, n_folds), expected)

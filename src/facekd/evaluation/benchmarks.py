@@ -40,7 +40,7 @@ def _check_aligned(image: np.ndarray, where: str) -> np.ndarray:
 def verification_set(path: Path, embed: Embedder, cfg: EvaluateParams) -> Result:
     from facekd.data.bins import decode_bin
     from facekd.evaluation.embed import flip_sum_normalize
-    from facekd.evaluation.metrics import roc
+    from facekd.evaluation.metrics import SortedScores
     from facekd.evaluation.verification import pair_embeddings, verification_metrics
 
     images, issame = decode_bin(path)
@@ -51,7 +51,7 @@ def verification_set(path: Path, embed: Embedder, cfg: EvaluateParams) -> Result
     a, b = pair_embeddings(emb)
     metrics = verification_metrics(a, b, issame, fars=tuple(f for f in cfg.far_targets if f >= 1e-3))
     # Cosine of unit vectors: higher = more alike, what the ROC wants.
-    fpr, tpr, _ = roc(np.sum(a * b, axis=1), issame.astype(np.int8))
+    fpr, tpr = SortedScores.from_scores(np.sum(a * b, axis=1), issame.astype(np.int8)).roc_curve()
     return metrics, (fpr, tpr)
 
 

@@ -180,14 +180,6 @@ class SortedScores:
         return self.tpr_at_count(self._reachable_below(self._floor_counts(fars)))
 
 
-def roc(scores: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Full ROC (fpr, tpr, thresholds) from sklearn, every point kept."""
-    from sklearn.metrics import roc_curve
-
-    _split(scores, labels)
-    return roc_curve(np.asarray(labels), np.asarray(scores), drop_intermediate=False)
-
-
 def tar_at_far(scores: np.ndarray, labels: np.ndarray, fars: Sequence[float]) -> dict[float, float]:
     """TAR at the ROC point nearest each target FAR (insightface IJB convention; NaN if unsupported)."""
     return SortedScores.from_scores(scores, labels).tar_at_far(fars)
