@@ -12,3 +12,11 @@ Flows (each module also runs as ``python -m pipelines.<name> --help``):
 - :func:`pipelines.promote.promote` - the champion/challenger gate (``facekd promote``).
 - :mod:`pipelines.serve` - serves ``retrain`` on the cron schedule from ``params.yaml``.
 """
+
+import os
+
+# Prefect's server phones home on start-up (and its client reports usage); offline that logs
+# ERROR tracebacks that are not errors of the flow. Set before any flow module imports Prefect
+# (they all import this package first); a user's own setting wins.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")

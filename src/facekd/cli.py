@@ -93,13 +93,30 @@ def teacher_features(ctx: click.Context, teacher: str) -> None:
     stage.run(_params(ctx), teacher)
 
 
-@cli.command()
+class DistillCommand(click.Command):
+    """``distill --help`` lists the registered methods, read from the registry only when asked
+    (importing it imports torch, which would slow every other ``facekd`` command)."""
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from facekd.distill.registry import METHODS
+
+        super().format_help_text(ctx, formatter)
+        with formatter.section("Methods"):
+            formatter.write_text(", ".join(sorted(METHODS)))
+
+
+@cli.command(cls=DistillCommand)
 @click.argument("method")
 @click.pass_context
 def distill(ctx: click.Context, method: str) -> None:
-    """Train (or resume) the student with one distillation METHOD -> models/METHOD."""
+    """Train (or resume) the student with one distillation METHOD -> models/METHOD.
+
+    `shkd` needs its teacher first (`facekd shkd-teacher`, dvc.yaml's shkd stages).
+    """
+    from facekd.distill.registry import method_class
     from facekd.stages import distill as stage
 
+    method_class(method)  # an unknown name fails here, listing every registered method
     stage.run(_params(ctx), method)
 
 
@@ -157,7 +174,7 @@ def promote(ctx: click.Context) -> None:
     """Move alias `champion` to the candidate if it passed its checks and beats the champion."""
     from facekd.stages.promote import promote as gate
 
-    click.echo(gate(_params(ctx))["summary"])
+    gate(_params(ctx))  # logs its one-line decision
 
 
 @cli.command()
@@ -166,7 +183,7 @@ def rollback(ctx: click.Context) -> None:
     """Return alias `champion` to the previous champion (recorded in the version tags)."""
     from facekd.stages.promote import rollback as undo
 
-    click.echo(undo(_params(ctx))["summary"])
+    undo(_params(ctx))  # logs its one-line summary
 
 
 @cli.command("import-insightface")
@@ -185,10 +202,20 @@ def import_insightface(backbone_pth: str, arch: str, out_dir: str, embedding_siz
 
 
 @cli.command()
-def models() -> None:
-    """List the registered backbones with parameters and GMACs at 112x112."""
+@click.pass_context
+def models(ctx: click.Context) -> None:
+    """Parameters and GMACs at 112x112: the teacher and student as the parameters file configures
+    them (when there is one), then every registered backbone at width 1.0, 512-d."""
     from facekd.models.registry import model_table
 
+    params_path = Path(ctx.obj["params_path"])
+    if params_path.is_file():
+        params = _params(ctx)
+        for role, backbone in (("teacher", params.teacher.backbone), ("student", params.distill.student)):
+            click.echo(f"{role} ({params_path}: width {backbone.width}, {backbone.embedding_size}-d embedding)")
+            click.echo(model_table([backbone.arch], embedding_size=backbone.embedding_size, width=backbone.width))
+            click.echo()
+    click.echo("every backbone (width 1.0, 512-d embedding)")
     click.echo(model_table())
 
 

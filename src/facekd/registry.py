@@ -332,6 +332,9 @@ def _write_model_files(cand: Candidate, git_commit: str | None, root: Path) -> N
         input_example=example,
         pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
         save_as_external_data=False,
+        # What the export checks ran on; MLflow's default also lists CUDA and warns on every load
+        # where onnxruntime has no CUDA build.
+        onnx_execution_providers=["CPUExecutionProvider"],
         metadata={"facekd_model": cand.model, "onnx_sha256": cand.onnx_sha256},
     )
     card = build_card(model=cand.model, meta=cand.meta, metrics=cand.metrics, export_report=cand.export_report,
@@ -489,7 +492,7 @@ def promote(params: Params) -> dict[str, Any]:
                   "champion_before": str(champion.version) if champion else None, "promoted": decision.promote,
                   "reason": decision.reason, "metric_delta": decision.delta}
         if not decision.promote:
-            log.info("champion unchanged: %s", decision.reason)
+            log.debug("champion unchanged: %s", decision.reason)
             return {**result, "champion": result["champion_before"]}
         previous = str(champion.version) if champion else NO_VERSION
         for key, value in {"promoted_at": now, "previous_champion": previous,
@@ -498,7 +501,8 @@ def promote(params: Params) -> dict[str, Any]:
         client.set_registered_model_alias(name, CHAMPION, candidate.version)
         _append_history(client, name, model_tags, {"action": "promote", "version": str(candidate.version),
                                                    "previous": previous, "at": now, "delta": decision.delta})
-    log.info("%s version %s is the new champion: %s", name, candidate.version, decision.reason)
+    # Debug only: the caller (``facekd promote``) reports the decision in one line.
+    log.debug("%s version %s is the new champion: %s", name, candidate.version, decision.reason)
     return {**result, "champion": str(candidate.version)}
 
 
@@ -530,7 +534,7 @@ def rollback(params: Params) -> dict[str, Any]:
         client.set_registered_model_alias(name, CHAMPION, previous)
         _append_history(client, name, model_tags, {"action": "rollback", "version": previous,
                                                    "previous": str(champion.version), "at": now})
-    log.info("%s: champion rolled back from version %s to %s", name, champion.version, previous)
+    log.debug("%s: champion rolled back from version %s to %s", name, champion.version, previous)
     return {"registered_model": name, "champion_before": str(champion.version), "champion": previous,
             "rolled_back_at": now}
 
@@ -560,7 +564,8 @@ def load_champion(params: Params) -> ChampionModel:
     """Download ``models:/<name>@champion`` (pinned to the version the alias points at) for inference."""
     import mlflow.artifacts
     import mlflow.onnx
-    import onnxruntime
+
+    from facekd.export.checks import open_session
 
     name, uri_root = params.registry.model_name, tracking_uri(params)
     with open_registry(params) as client:
@@ -574,6 +579,6 @@ def load_champion(params: Params) -> ChampionModel:
                 artifact_uri=uri, dst_path=tmp, tracking_uri=uri_root, registry_uri=uri_root
             )
             proto = mlflow.onnx.load_model(local)
-    session = onnxruntime.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = open_session(proto.SerializeToString())
     log.info("loaded %s@%s = version %s", name, CHAMPION, champion.version)
     return ChampionModel(name, str(champion.version), uri, session)

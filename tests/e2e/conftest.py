@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.worktree import copy_worktree
+
 BIN = Path(sys.executable).parent
 
 # Small enough for CI (a few seconds of compute per stage); the stage count is the real cost.
@@ -53,14 +53,8 @@ def set_params(repo: Path, extra: dict) -> None:
 
 
 def make_tiny_repo(repo: Path) -> Path:
-    """The tracked (and untracked, not ignored) files of this repo, committed, with tiny params."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        src = ROOT / name
-        if src.is_file():
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, repo / name)
+    """The source files of this repo (no run outputs, see tests/worktree.py), committed, with tiny params."""
+    copy_worktree(repo)
     set_params(repo, TINY)
     run(["git", "init", "-q"], repo)
     run(["git", "-c", "user.email=t@t", "-c", "user.name=t", "add", "-A"], repo)

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.worktree import copy_worktree
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 FACEKD = str(BIN / "facekd")
@@ -106,14 +108,9 @@ def write_params(repo: Path, extra: dict | None = None, base: dict | None = None
 
 
 def make_repo(repo: Path, extra: dict | None = None) -> Path:
-    """A git + DVC copy of this repository's tracked and new files with tiny params, committed."""
-    files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        src = ROOT / name
-        if src.is_file() and not name.startswith(("tests/", "bench/")):
-            (repo / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, repo / name)
+    """A git + DVC copy of this repository's source files (no run outputs, no tests or benchmarks)
+    with tiny params, committed."""
+    copy_worktree(repo, skip=("tests", "bench"))
     write_params(repo, extra)
     git = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
     run(["git", "init", "-q"], repo)

@@ -75,8 +75,27 @@ def _describe_folder(root: Path) -> dict:
     }
 
 
+def _is_eval_root(root: Path) -> bool:
+    """The prepared evaluation layout (``data/eval``): .bin pair sets, ``ijb/``, ``mfr/``."""
+    return any(root.glob("*.bin")) or bool(protocol_names(root / "ijb")) or (root / "mfr").is_dir()
+
+
+def _describe_eval(root: Path) -> dict:
+    """Every benchmark of an evaluation folder, each described in its own format."""
+    summary: dict = {"format": "eval", "path": str(root),
+                     "verification": {p.stem: _describe_bin(p) for p in sorted(root.glob("*.bin"))}}
+    ijb_names = protocol_names(root / "ijb")
+    if ijb_names:
+        summary["ijb"] = _describe_ijb(root / "ijb", ijb_names)
+    mfr = root / "mfr"
+    if mfr.is_dir():  # masked probes vs unmasked gallery, identity folders each
+        summary["mfr"] = {part.name: _describe_folder(part) for part in sorted(mfr.iterdir()) if part.is_dir()}
+    return summary
+
+
 def describe(path: str | Path) -> dict:
-    """JSON-able summary of a .rec (or a folder holding train.rec), a .bin, an IJB root, or an image folder."""
+    """JSON-able summary of a .rec (or a folder holding train.rec), a .bin, an IJB root, an
+    evaluation folder (.bin sets, ijb/, mfr/), or an image folder."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: not found")
@@ -91,6 +110,8 @@ def describe(path: str | Path) -> dict:
     names = protocol_names(path)
     if names:
         return _describe_ijb(path, names)
+    if _is_eval_root(path):
+        return _describe_eval(path)
     has_images = any(is_image_file(p) for p in path.rglob("*"))
     if has_images:
         return _describe_folder(path)

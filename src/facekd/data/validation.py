@@ -20,7 +20,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from facekd.config import ValidationParams
-from facekd.errors import FacekdError
+from facekd.errors import DataError, FacekdError
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,13 @@ def _digest(blob: bytes) -> str:
 
 
 def _shape_of(blob: bytes) -> tuple[int, int, int, bool]:
-    """(height, width, channels, decodes) without raising: the suite reports failures."""
-    import cv2
+    """(height, width, channels, decodes) without raising: the suite reports failures (an image
+    over ``data.limits`` counts as one that does not decode)."""
+    from facekd.data.images import decode_stored
 
-    arr = cv2.imdecode(np.frombuffer(blob, np.uint8), cv2.IMREAD_UNCHANGED) if blob else None
-    if arr is None:
+    try:
+        arr = decode_stored(blob, "validate")
+    except DataError:
         return 0, 0, 0, False
     channels = 1 if arr.ndim == 2 else arr.shape[2]
     return arr.shape[0], arr.shape[1], channels, True
@@ -70,14 +72,18 @@ def training_manifest(train_dir: Path, every_image: bool, sample: int = 10000) -
 def eval_manifest(eval_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Evaluation images (from .bin sets and any image files) and per-set pair balance."""
     from facekd.data.bins import load_bin
+    from facekd.data.paths import Confined
 
     images, sets = [], []
     for path in sorted(eval_dir.glob("*.bin")):
         blobs, issame = load_bin(path)
         sets.append({"set": path.stem, "pairs": len(issame), "genuine_share": float(np.mean(issame)) if len(issame) else 0.0})
         images += [{"set": path.stem, "sha1": _digest(b)} for b in blobs]
+    confined = Confined(eval_dir)
     for path in sorted(p for p in eval_dir.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png"}):
-        images.append({"set": path.relative_to(eval_dir).parts[0], "sha1": _digest(path.read_bytes())})
+        name = path.relative_to(eval_dir)
+        blob = confined.file(name, "found in the evaluation folder").read_bytes()
+        images.append({"set": name.parts[0], "sha1": _digest(blob)})
     return pd.DataFrame(images, columns=["set", "sha1"]), pd.DataFrame(sets, columns=["set", "pairs", "genuine_share"])
 
 
@@ -122,9 +128,15 @@ def _suites(m: Manifests, cfg: ValidationParams) -> dict[str, tuple[pd.DataFrame
 
 def run_suite(m: Manifests, cfg: ValidationParams) -> dict:
     """Validate every table; returns a JSON-able report with one entry per expectation."""
+    # GX logs its import-time registry bookkeeping ("Skipping registering function ...", 200+
+    # lines) and context set-up at INFO; facekd logs at INFO, so keep only GX's warnings. One of
+    # its modules sets its own logger to INFO on import: that one is quietened after the import.
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
     import great_expectations as gx
 
     from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    logging.getLogger("great_expectations.data_context.types.base").setLevel(logging.WARNING)
 
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)
