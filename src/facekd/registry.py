@@ -292,18 +292,16 @@ def _version_tags(cand: Candidate) -> dict[str, str]:
     }
 
 
-def _metric_key(path: str) -> str:
-    """An MLflow-safe metric name: ``ijb.tar@far=1e-4`` -> ``ijb.tar_far_1e-4``."""
-    return "".join(c if c.isalnum() or c in "_-./ " else "_" for c in path)
-
-
 def _flat_numbers(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Every number of a nested metrics tree, under its MLflow name (the one the evaluate run logs)."""
+    from facekd.tracking import metric_name
+
     out: dict[str, float] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
             out.update(_flat_numbers(value, f"{prefix}{key}."))
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value):
-            out[_metric_key(f"{prefix}{key}")] = float(value)
+            out[metric_name(f"{prefix}{key}")] = float(value)
     return out
 
 
