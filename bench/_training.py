@@ -37,15 +37,15 @@ def fit_settings(deterministic: bool) -> Iterator[None]:
 
 
 def make_trainer(backbone: Any, objective: Any, dataset: Any, optim: Any, run_dir: Path,
-                 extra_batch_fn: Callable[[dict], dict] | None = None) -> Any:
-    """A single-process CPU Trainer (no tracking, nothing written until a checkpoint is asked for)."""
+                 extra_batch_fn: Callable[[dict], dict] | None = None, device: str = "cpu") -> Any:
+    """A single-process Trainer (no tracking, nothing written until a checkpoint is asked for)."""
     import torch
 
     from facekd.tracking import NullTracker
     from facekd.training.distributed import DistInfo
     from facekd.training.loop import Trainer
 
-    dist = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device("cpu"))
+    dist = DistInfo(rank=0, local_rank=0, world_size=1, device=torch.device(device))
     trainer = Trainer(run_name="bench", backbone=backbone, objective=objective, dataset=dataset, optim=optim,
                       run_dir=run_dir, config={"bench": True}, seed=SEED, tracker=NullTracker(),
                       extra_batch_fn=extra_batch_fn, eval_fn=None, dist=dist, log_every=1_000_000)

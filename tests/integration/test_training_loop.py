@@ -189,3 +189,22 @@ def test_sigterm_saves_checkpoint_and_ends_run_killed(tmp_path: Path, data_dir: 
     assert run.info.status == "KILLED"
     assert "train/loss" in run.data.metrics
     assert not any(p.name.startswith(".") for p in run_dir.iterdir())  # no temp file left behind
+
+
+def test_auto_threads_resume_with_the_count_the_run_started_with(tmp_path: Path, data_dir: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """A run started on 2 idle cores and resumed beside a busy process keeps its 2 threads."""
+    from facekd.training import runtime
+
+    monkeypatch.setattr(runtime, "choose_threads", lambda setting: 2)
+    _fit(tmp_path / "run", data_dir, max_steps=1)
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["threads"] == 2
+    monkeypatch.setattr(runtime, "choose_threads", lambda setting: 1)
+    with caplog.at_level("INFO", logger="facekd.training.loop"):
+        _fit(tmp_path / "run", data_dir, max_steps=2)
+    assert torch.get_num_threads() == 2
+    assert "resuming with the run's 2 intra-op threads (auto chose 1 now)" in caplog.text
+    pinned = OPTIM.model_copy(update={"threads": 1})
+    _fit(tmp_path / "pinned", data_dir, optim=pinned, max_steps=1)
+    assert load_checkpoint(tmp_path / "pinned" / "last.pt")["threads"] == 1

@@ -167,7 +167,10 @@ def _teacher_setup(params: Params, method: str, data: Any, dist: Any) -> Teacher
         from facekd.models.store import load_backbone
 
         backbone, _ = load_backbone(model_dir(name))
-        feed: Any = OnlineTeacher(backbone, dist.device, params.distill.optim.channels_last)
+        from facekd.training.runtime import use_channels_last
+
+        channels_last = use_channels_last(params.distill.optim.channels_last, backbone, dist.device)
+        feed: Any = OnlineTeacher(backbone, dist.device, channels_last)
     else:
         check_cache_dtype(method, params.distill.cache_dtype)
         cache = open_cache(features_dir(name), num_images=len(data.dataset), data_hash=data.data_hash,

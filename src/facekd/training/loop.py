@@ -43,6 +43,7 @@ from facekd.training.distributed import (DistInfo, all_reduce_sum, average_gradi
                                          current_dist, gather_shards, rank_slice, take_shard, unwrap,
                                          wrap_backbone)
 from facekd.training.optim import build_optimizer, build_scheduler
+from facekd.training.runtime import apply_threads, use_channels_last
 
 if TYPE_CHECKING:
     import torch
@@ -52,6 +53,37 @@ log = logging.getLogger(__name__)
 
 Batch = dict[str, Any]
 EvalFn = Callable[["nn.Module", int], dict[str, float]]
+# Seconds between progress lines where no terminal shows the bar (dvc repro, CI, Prefect logs): at
+# full scale an epoch takes hours, so the per-epoch line alone leaves those logs silent for hours.
+PROGRESS_EVERY_S = 30.0
+
+
+def _duration(seconds: float) -> str:
+    """``3h05m``, ``4m10s``, ``12s``."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class _Progress:
+    """A progress line every ``every_s`` seconds (step, throughput, loss, ETA) when enabled."""
+
+    def __init__(self, run_name: str, start_step: int, total_steps: int, every_s: float, enabled: bool) -> None:
+        self.run_name, self.start_step, self.total_steps = run_name, start_step, total_steps
+        self.every_s, self.enabled = every_s, enabled
+        self.started = self.last = time.perf_counter()
+        self.images = 0
+
+    def update(self, step: int, images: int, loss: float) -> None:
+        self.images += images
+        now = time.perf_counter()
+        if not self.enabled or now - self.last < self.every_s:
+            return
+        self.last = now
+        elapsed = max(now - self.started, 1e-9)  # this process's steps: a resumed run's rate is its own
+        eta = (self.total_steps - step) * elapsed / max(step - self.start_step, 1)
+        log.info("%s: step %d/%d, %.1f img/s, loss %.4f, ETA %s", self.run_name, step, self.total_steps,
+                 self.images / elapsed, loss, _duration(eta))
 
 
 def seed_everything(seed: int) -> None:
@@ -267,12 +299,13 @@ class Trainer:
     def __init__(self, *, run_name: str, backbone: "nn.Module", objective: "nn.Module", dataset: Any,
                  optim: OptimParams, run_dir: Path, config: dict[str, Any], seed: int, tracker: Any,
                  extra_batch_fn: Callable[[Batch], Batch] | None, eval_fn: EvalFn | None,
-                 dist: DistInfo, log_every: int) -> None:
+                 dist: DistInfo, log_every: int, progress_every_s: float = PROGRESS_EVERY_S) -> None:
         import torch
 
         self.run_name, self.optim, self.run_dir = run_name, optim, Path(run_dir)
         self.config, self.config_hash = config, ckpt.config_hash(config)
         self.seed, self.dist, self.log_every = seed, dist, max(1, log_every)
+        self.progress_every_s = progress_every_s
         self.tracker = tracker if dist.is_main else NullTracker()
         self.extra_batch_fn, self.eval_fn = extra_batch_fn, eval_fn
         self.dataset = dataset
@@ -280,7 +313,9 @@ class Trainer:
         self.device = dist.device
         self.amp_dtype = _amp_dtype(optim.amp, self.device)
         self.backbone = backbone.to(self.device)
-        if optim.channels_last:
+        self.threads = apply_threads(optim.threads) if self.device.type == "cpu" else None
+        self.channels_last = use_channels_last(optim.channels_last, backbone, self.device)
+        if self.channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.objective = objective.to(self.device)
         # An objective that shards or syncs itself across ranks (PartialFC) sets this flag.
@@ -361,6 +396,7 @@ class Trainer:
             "summary": self.summary,
             "log_window": self.window.state(),
             "world_size": self.dist.world_size,
+            "threads": self.threads,
         }
 
     def _load_objective(self, state: dict[str, Any]) -> None:
@@ -393,6 +429,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler.is_enabled() and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        self._resume_threads(state.get("threads"))
         self.step = int(state["step"])
         self.summary = state.get("summary", self.summary)
         self.window = _Window.resume(state.get("log_window"))
@@ -401,6 +438,18 @@ class Trainer:
         else:
             seed_everything(_derived_seed(self.seed, self.dist.rank, self.step) % 2**32)
         log.info("resumed %s from step %d of %d", self.run_dir, self.step, self.plan.total_steps)
+
+    def _resume_threads(self, saved: Any) -> None:
+        """Under ``threads: auto``, go on with the thread count the run started with: the count
+        changes some kernels' summation order, and a resumed run should stay bit-identical."""
+        import torch
+
+        if self.threads is None or self.optim.threads != "auto" or not isinstance(saved, int) or saved < 1:
+            return
+        if saved != self.threads:
+            log.info("resuming with the run's %d intra-op threads (auto chose %d now)", saved, self.threads)
+            torch.set_num_threads(saved)
+            self.threads = saved
 
     def save(self) -> None:
         """Checkpoint: built on every rank (sharded state is gathered), written by rank 0."""
@@ -435,7 +484,7 @@ class Trainer:
         from facekd.data.dataset import normalize_batch
 
         out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if k != "image"}
-        out["image"] = normalize_batch(batch["image"], self.device, self.optim.channels_last)
+        out["image"] = normalize_batch(batch["image"], self.device, self.channels_last)
         out["step"] = self.step
         out["epoch"] = self.step / self.plan.steps_per_epoch
         return self.extra_batch_fn(out) if self.extra_batch_fn else out
@@ -575,6 +624,8 @@ class Trainer:
         self._clock, self._saved_step = time.perf_counter(), self.step
         bar = tqdm(total=self.plan.total_steps, initial=self.step, unit="step", desc=self.run_name,
                    disable=not (self.dist.is_main and sys.stderr.isatty()), dynamic_ncols=True)
+        progress = _Progress(self.run_name, self.step, self.plan.total_steps, self.progress_every_s,
+                             enabled=self.dist.is_main and bar.disable)
         self.window = _Window.resume(self.window.state())  # restart the clock: time to here is not training
         stop = False
         try:
@@ -584,6 +635,7 @@ class Trainer:
                 self.window.add(parts, self.plan.global_batch)
                 self.summary["images"] += self.plan.global_batch
                 bar.update(1)
+                progress.update(self.step, self.plan.global_batch, parts["loss"])
                 final = stop or self.step >= limit
                 if self._due(self.log_every) or final:
                     self._log(self.window)
@@ -627,14 +679,16 @@ class Trainer:
 def fit(*, run_name: str, backbone: "nn.Module", objective: "nn.Module", dataset: Any, optim: OptimParams,
         run_dir: Path, config: dict[str, Any], seed: int, tracker: Any,
         extra_batch_fn: Callable[[Batch], Batch] | None = None, eval_fn: EvalFn | None = None,
-        dist: DistInfo | None = None, max_steps: int | None = None, log_every: int = 10) -> dict[str, Any]:
+        dist: DistInfo | None = None, max_steps: int | None = None, log_every: int = 10,
+        progress_every_s: float = PROGRESS_EVERY_S) -> dict[str, Any]:
     """Train ``backbone`` + ``objective`` on ``dataset``, resuming from ``run_dir`` when possible.
 
     ``config``: the JSON-like config that defines this run (hashed into the checkpoint; a different
     config refuses to resume). ``extra_batch_fn(batch) -> batch`` adds keys (e.g. cached teacher
     features by ``batch["index"]`` and ``batch["flip"]``) to the device batch before the forward.
     ``eval_fn(backbone, step) -> metrics`` runs on rank 0 every ``optim.eval_every`` steps and at the
-    end. ``max_steps`` stops (with a checkpoint) once that many steps are done. Returns the final
+    end. ``max_steps`` stops (with a checkpoint) once that many steps are done. Without a terminal
+    (DVC, CI, Prefect) rank 0 logs a progress line every ``progress_every_s`` seconds. Returns the final
     metrics (see :meth:`Trainer.result`); a run that is already complete does no step.
     """
     dist = dist or current_dist()
@@ -642,7 +696,7 @@ def fit(*, run_name: str, backbone: "nn.Module", objective: "nn.Module", dataset
         trainer = Trainer(run_name=run_name, backbone=backbone, objective=objective, dataset=dataset,
                           optim=optim, run_dir=Path(run_dir), config=_plain_config(config), seed=seed,
                           tracker=tracker, extra_batch_fn=extra_batch_fn, eval_fn=eval_fn, dist=dist,
-                          log_every=log_every)
+                          log_every=log_every, progress_every_s=progress_every_s)
         trainer.prepare()
         status = "FAILED"
         with _StopSignals() as signals:

@@ -1,0 +1,91 @@
+"""How a training process uses the CPU: intra-op threads and the memory layout of the backbone.
+
+Both are ``auto`` by default and resolved once per process from measurements (issue 13):
+
+* **Threads.** On 2 cores, a 2-thread step beside one busy process runs at ~110 img/s while a
+  1-thread step keeps ~170 (the quiet 2-thread figure is ~280): OpenMP's barrier waits for the
+  thread the scheduler parked. ``auto`` samples ``/proc/stat`` for a quarter of a second at start
+  and uses one thread per idle core. An explicit ``OMP_NUM_THREADS`` or an integer param wins.
+  The thread count changes the floating-point summation order of some backward kernels, so set an
+  integer for runs that must be bit-identical across machines and load.
+* **Layout.** ``channels_last`` pays on CUDA and on CPU for most backbones, but not everywhere on
+  CPU (:data:`CPU_NCHW_FASTER`, from ``python -m bench.cpu_path``).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+log = logging.getLogger(__name__)
+
+Auto = Literal["auto"]
+# (arch, width) pairs whose CPU training step measured slower in channels_last than in NCHW.
+CPU_NCHW_FASTER: frozenset[tuple[str, float]] = frozenset()
+_SAMPLE_SECONDS = 0.25
+
+
+def _cpu_times() -> tuple[float, float]:
+    """(idle, total) jiffies of all CPUs since boot, from the first line of /proc/stat.
+
+    A niced process counts as busy: it yields most of its core, but a 2-thread step beside a
+    ``nice -n 19`` spinner still measured ~40x slower than 1 thread (each barrier waits for the
+    thread that the scheduler gave to the spinner for a time slice).
+    """
+    with open("/proc/stat", encoding="ascii") as stat:
+        user, nice, system, idle, iowait, irq, softirq, steal = (float(v) for v in stat.readline().split()[1:9])
+    return idle + iowait, user + nice + system + idle + iowait + irq + softirq + steal
+
+
+def idle_cores(sample_seconds: float = _SAMPLE_SECONDS) -> float | None:
+    """Cores left idle by every other process over a short sample; ``None`` without /proc/stat."""
+    try:
+        idle0, total0 = _cpu_times()
+        time.sleep(sample_seconds)
+        idle1, total1 = _cpu_times()
+    except (OSError, ValueError):
+        return None
+    cores = os.cpu_count() or 1
+    return cores * (idle1 - idle0) / max(total1 - total0, 1e-9)
+
+
+def choose_threads(setting: int | Auto) -> int:
+    """Intra-op threads for this process: the param, else ``OMP_NUM_THREADS``, else idle cores."""
+    if setting != "auto":
+        return int(setting)
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    return threads_for(idle_cores(), len(os.sched_getaffinity(0)))
+
+
+def threads_for(idle: float | None, usable: int) -> int:
+    """One thread per idle core (rounded), at least 1, at most the cores this process may use."""
+    if idle is None:
+        return usable
+    return max(1, min(usable, int(idle + 0.5)))
+
+
+def apply_threads(setting: int | Auto) -> int:
+    """Set torch's intra-op threads from ``setting``; returns and logs the number."""
+    import torch
+
+    threads = choose_threads(setting)
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    log.info("intra-op threads: %d (%s)", threads, "auto: idle cores" if setting == "auto" else "param")
+    return threads
+
+
+def use_channels_last(setting: bool | Auto, backbone: "nn.Module", device: "torch.device") -> bool:
+    """Whether to train ``backbone`` in channels_last: the param, or ``auto`` by measurement."""
+    if setting != "auto":
+        return bool(setting)
+    if device.type == "cuda":
+        return True
+    args: dict[str, Any] = getattr(backbone, "build_args", {})
+    return (args.get("arch"), args.get("width")) not in CPU_NCHW_FASTER
