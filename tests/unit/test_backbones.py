@@ -16,15 +16,6 @@ DEEP = {"iresnet50", "iresnet100", "iresnet200"}
 EVERY_BACKBONE = [pytest.param(n, marks=pytest.mark.slow) if n in DEEP else n for n in list_backbones()]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on 2 shared cores, 2 spinning OpenMP threads run ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _build(name: str, **kwargs) -> torch.nn.Module:
     torch.manual_seed(0)
     return create_backbone(name, embedding_size=EMB, width=TEST_WIDTH.get(name, 0.125), **kwargs)

@@ -13,15 +13,6 @@ C, D = 7, 8
 ALL = sorted(METHODS)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: intra-op threads only add contention (20 ms per op on a busy 2-core box)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _params() -> DistillParams:
     # A short warm-up so GKD's KD terms are on at the epochs used below.
     return DistillParams(optim={"batch_size": 4}, qud={"queue_size": 8}, gkd={"warmup_epochs": 2.0})

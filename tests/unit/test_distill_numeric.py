@@ -12,14 +12,6 @@ from facekd.distill.gkd import adaptive_k, grouped_kl, primary_group
 from facekd.distill.registry import build_method
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---- plain-Python reference math ------------------------------------------------------------------
 
 

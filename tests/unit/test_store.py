@@ -15,15 +15,6 @@ from facekd.models.store import load_backbone, load_head_weight, read_meta, save
 EMB = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on 2 shared cores, 2 spinning OpenMP threads run ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _trained_like(name: str = "iresnet_tiny", **kwargs) -> torch.nn.Module:
     """A backbone with non-trivial BN statistics (as after training), in eval mode."""
     torch.manual_seed(0)
