@@ -22,7 +22,7 @@ test: setup
 	bash scripts/run_tests.sh
 
 test-fast: setup
-	python -m pytest tests/unit -q
+	python -m pytest tests/unit -q -m "not slow"
 
 bench: setup
 	python -m bench
