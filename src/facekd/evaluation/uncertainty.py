@@ -1,0 +1,152 @@
+"""95% intervals for verification metrics by bootstrap over identities, and paired comparisons.
+
+Pairs of one identity are not independent (one hard identity fails many of its pairs), so the
+resampling unit is the identity, as verification protocols require: a resample draws S of the S
+identities with replacement, and each pair then counts ``m[a] * m[b]`` times, where ``m`` is how
+often each of its identities was drawn (``m[a]`` for a genuine pair, whose two sides are one
+identity). A pair whose identity was not drawn drops out; the metric is the same function of the
+resampled pairs as of the original ones (pairs repeated by their weight), so the interval is of
+exactly the reported number.
+
+Every model is scored on the *same* resamples, so a difference between two models (``paired``)
+and the share of the teacher-``none`` gap a student closes (``gap closed``) get intervals that
+the models' shared hard identities do not widen. Resampling is scipy's ``stats.bootstrap``
+(percentile intervals over a vector-valued statistic).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from facekd.errors import DataError
+from facekd.evaluation.metrics import SortedScores
+
+Metric = Callable[[SortedScores], float]  # e.g. lambda s: s.tar_at_far([1e-3])[1e-3]
+
+
+@dataclass(frozen=True)
+class Interval:
+    value: float  # the metric on the original pairs
+    low: float
+    high: float
+
+    def excludes_zero(self) -> bool:
+        return self.low > 0.0 or self.high < 0.0
+
+
+@dataclass(frozen=True)
+class PairedStudy:
+    """Per model: its interval; against the baseline: the difference; and the gap closed."""
+
+    models: dict[str, Interval]
+    vs_baseline: dict[str, Interval]  # model - baseline, on the same resamples
+    gap_closed: dict[str, Interval]  # (model - baseline) / (teacher - baseline)
+    n_resamples: int
+    identities: int
+
+
+def pair_weights(subjects: np.ndarray, draws: np.ndarray, n_subjects: int) -> np.ndarray:
+    """(P,) how often each pair counts in a resample that drew identities ``draws`` (indices)."""
+    drawn = np.bincount(draws, minlength=n_subjects)  # (S,) multiplicity of each identity
+    a, b = drawn[subjects[:, 0]], drawn[subjects[:, 1]]
+    return np.where(subjects[:, 0] == subjects[:, 1], a, a * b)
+
+
+@dataclass(frozen=True)
+class _Sorted:
+    """One model's genuine and impostor scores sorted once, with the pair each came from."""
+
+    genuine: np.ndarray  # (n_g,) ascending
+    genuine_pair: np.ndarray  # (n_g,) pair index of each
+    impostor: np.ndarray
+    impostor_pair: np.ndarray
+
+    @classmethod
+    def of(cls, scores: np.ndarray, labels: np.ndarray) -> _Sorted:
+        parts = []
+        for kind in (1, 0):
+            pairs = np.flatnonzero(labels == kind)
+            order = pairs[np.argsort(scores[pairs], kind="stable")]
+            parts += [scores[order], order]
+        return cls(*parts)
+
+    def resampled(self, weights: np.ndarray) -> SortedScores:
+        """Each pair repeated by its weight: still sorted, so no sort per resample."""
+        return SortedScores(np.repeat(self.genuine, weights[self.genuine_pair]),
+                            np.repeat(self.impostor, weights[self.impostor_pair]))
+
+
+def _check(subjects: np.ndarray, labels: np.ndarray, scores: Mapping[str, np.ndarray]) -> None:
+    if subjects.ndim != 2 or subjects.shape[1] != 2 or subjects.shape[0] != labels.shape[0]:
+        raise DataError(f"pair identities must be (P, 2) for P = {labels.shape[0]} pairs; got {subjects.shape}")
+    genuine = labels == 1
+    if not np.array_equal(subjects[genuine, 0], subjects[genuine, 1]):
+        raise DataError("a genuine pair joins two different identities: the pair list and its labels disagree")
+    for model, values in scores.items():
+        if values.shape != labels.shape:
+            raise DataError(f"model {model!r}: {values.shape[0]} scores for {labels.shape[0]} pairs")
+
+
+def paired_study(subjects: np.ndarray, labels: np.ndarray, scores: Mapping[str, np.ndarray], metric: Metric, *,
+                 baseline: str, teacher: str | None, n_resamples: int = 1000, confidence: float = 0.95,
+                 seed: int = 0) -> PairedStudy:
+    """Bootstrap ``metric`` of every model over identities, with differences to ``baseline``.
+
+    ``subjects`` (P, 2) identity of each side of each pair, ``labels`` (P,) 1 genuine / 0
+    impostor, ``scores`` model -> (P,) similarity. ``gap_closed`` is empty without ``teacher``.
+    """
+    import warnings
+
+    from scipy.stats import bootstrap
+
+    subjects, labels = np.asarray(subjects), np.asarray(labels)
+    _check(subjects, labels, scores)
+    names = list(scores)
+    if baseline not in scores or (teacher is not None and teacher not in scores):
+        raise DataError(f"the paired study needs scores of {baseline!r} and {teacher!r}; have {names}")
+    _, codes = np.unique(subjects, return_inverse=True)
+    codes = codes.reshape(subjects.shape)
+    n_subjects = int(codes.max()) + 1
+    with_gap = [n for n in names if n != baseline] if teacher is not None else []
+
+    sorted_scores = {n: _Sorted.of(np.asarray(scores[n], dtype=np.float64), labels) for n in names}
+
+    def statistic(draws: np.ndarray) -> np.ndarray:
+        weights = pair_weights(codes, draws.astype(np.int64), n_subjects)
+        resampled = {n: sorted_scores[n].resampled(weights) for n in names}
+        if min(resampled[names[0]].num_genuine, resampled[names[0]].num_impostor) == 0:  # one kind of pair only
+            return np.full(len(names) * 2 + len(with_gap), np.nan)
+        return np.array(_vector({n: metric(r) for n, r in resampled.items()}, names, baseline, teacher, with_gap))
+
+    point = {n: metric(SortedScores.from_scores(scores[n], labels)) for n in names}
+    with warnings.catch_warnings():  # scipy warns about NaN readings, which _percentiles leaves out
+        warnings.simplefilter("ignore")
+        result = bootstrap((np.arange(n_subjects),), statistic, n_resamples=n_resamples, confidence_level=confidence,
+                           method="percentile", vectorized=False, rng=np.random.default_rng(seed))
+    dist = result.bootstrap_distribution  # (K, n_resamples)
+    low, high = _percentiles(dist, confidence)
+    values = _vector(point, names, baseline, teacher, with_gap)
+    rows = [Interval(float(v), float(lo), float(hi)) for v, lo, hi in zip(values, low, high, strict=True)]
+    k = len(names)
+    return PairedStudy(models=dict(zip(names, rows[:k], strict=True)),
+                       vs_baseline=dict(zip(names, rows[k:2 * k], strict=True)),
+                       gap_closed=dict(zip(with_gap, rows[2 * k:], strict=True)),
+                       n_resamples=n_resamples, identities=n_subjects)
+
+
+def _vector(values: Mapping[str, float], names: Sequence[str], baseline: str, teacher: str | None,
+            with_gap: Sequence[str]) -> list[float]:
+    """[metric per model, model - baseline per model, gap closed per non-baseline model]."""
+    diffs = [values[n] - values[baseline] for n in names]
+    gap = values[teacher] - values[baseline] if teacher is not None else np.nan
+    closed = [(values[n] - values[baseline]) / gap if gap else np.nan for n in with_gap]
+    return [values[n] for n in names] + diffs + closed
+
+
+def _percentiles(dist: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval per row, ignoring resamples where a value is undefined (NaN)."""
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    with np.errstate(all="ignore"):
+        return np.nanpercentile(dist, tail, axis=1), np.nanpercentile(dist, 100.0 - tail, axis=1)

@@ -1,0 +1,85 @@
+"""Bootstrap over identities: weights, intervals, paired differences, gap closed (issue 16)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from facekd.errors import DataError
+from facekd.evaluation.metrics import SortedScores
+from facekd.evaluation.uncertainty import pair_weights, paired_study
+
+
+def _tar(s: SortedScores) -> float:
+    return s.tar_at_far([1e-2])[1e-2]
+
+
+def _study_data(n_ids: int, seed: int = 0, shifts=(("teacher", 2.5), ("none", 1.0), ("good", 2.0), ("same", 1.0))):
+    """Genuine pairs (two per identity) and impostors across identities; each identity has its own
+    difficulty, shared by every model (what makes pairs of one identity dependent)."""
+    rng = np.random.default_rng(seed)
+    ids = np.arange(n_ids)
+    genuine = np.stack([np.repeat(ids, 2)] * 2, axis=1)
+    impostor = rng.integers(0, n_ids, (40 * n_ids, 2))
+    impostor = impostor[impostor[:, 0] != impostor[:, 1]]
+    subjects = np.concatenate([genuine, impostor])
+    labels = np.r_[np.ones(len(genuine), int), np.zeros(len(impostor), int)]
+    hard = rng.normal(0, 0.7, n_ids)[subjects[:, 0]]
+    noise = rng.normal(size=len(labels))
+    scores = {name: labels * (shift + hard) + noise + 0.01 * rng.normal(size=len(labels)) * (name != "same")
+              for name, shift in shifts}
+    scores["same"] = scores["none"].copy()
+    return subjects, labels, scores
+
+
+def test_pair_weights_count_each_drawn_identity():
+    subjects = np.array([[0, 0], [1, 1], [0, 1], [1, 2], [2, 2]])
+    draws = np.array([0, 0, 2])  # identity 0 twice, 2 once, 1 never
+    np.testing.assert_array_equal(pair_weights(subjects, draws, 3), [2, 0, 0, 0, 1])
+    draws = np.array([0, 1, 1])
+    np.testing.assert_array_equal(pair_weights(subjects, draws, 3), [1, 2, 2, 0, 0])
+
+
+def test_intervals_hold_the_value_shrink_with_identities_and_repeat_with_the_seed():
+    small = paired_study(*_study_data(40), _tar, baseline="none", teacher="teacher", n_resamples=200)
+    large = paired_study(*_study_data(640), _tar, baseline="none", teacher="teacher", n_resamples=200)
+    for study in (small, large):
+        for row in study.models.values():
+            assert row.low <= row.value <= row.high
+    width = lambda s: s.models["good"].high - s.models["good"].low  # noqa: E731
+    assert width(large) < 0.5 * width(small)
+    again = paired_study(*_study_data(40), _tar, baseline="none", teacher="teacher", n_resamples=200)
+    assert again == small
+
+
+def test_paired_difference_marks_a_real_gain_and_not_an_identical_model():
+    study = paired_study(*_study_data(300), _tar, baseline="none", teacher="teacher", n_resamples=300)
+    assert study.vs_baseline["good"].excludes_zero() and study.vs_baseline["good"].low > 0
+    same = study.vs_baseline["same"]
+    assert (same.value, same.low, same.high) == (0.0, 0.0, 0.0) and not same.excludes_zero()
+    assert study.gap_closed["teacher"] == study.gap_closed["teacher"].__class__(1.0, 1.0, 1.0)
+    assert 0.0 < study.gap_closed["good"].value < 1.0 and "none" not in study.gap_closed
+    assert study.identities == 300
+
+
+def test_paired_intervals_are_narrower_than_the_models_own():
+    """Shared hard identities move both models alike: their difference varies less than either."""
+    study = paired_study(*_study_data(200), _tar, baseline="none", teacher="teacher", n_resamples=300)
+    diff = study.vs_baseline["good"]
+    own = study.models["good"]
+    assert diff.high - diff.low < own.high - own.low + study.models["none"].high - study.models["none"].low
+
+
+@pytest.mark.parametrize("broken", ["genuine_across_ids", "short_scores", "no_baseline", "subjects_shape"])
+def test_inconsistent_inputs_are_refused(broken):
+    subjects, labels, scores = _study_data(20)
+    if broken == "genuine_across_ids":
+        subjects = subjects.copy()
+        subjects[0, 1] = 5
+    elif broken == "short_scores":
+        scores["good"] = scores["good"][:-1]
+    elif broken == "no_baseline":
+        scores.pop("none")
+    else:
+        subjects = subjects[:, :1]
+    with pytest.raises(DataError):
+        paired_study(subjects, labels, scores, _tar, baseline="none", teacher="teacher", n_resamples=10)
