@@ -6,7 +6,7 @@ import pytest
 
 from facekd.errors import DataError
 from facekd.evaluation.metrics import SortedScores
-from facekd.evaluation.uncertainty import pair_weights, paired_study
+from facekd.evaluation.uncertainty import pair_identities, pair_weights, paired_study
 
 
 def _tar(s: SortedScores) -> float:
@@ -83,3 +83,14 @@ def test_inconsistent_inputs_are_refused(broken):
         subjects = subjects[:, :1]
     with pytest.raises(DataError):
         paired_study(subjects, labels, scores, _tar, baseline="none", teacher="teacher", n_resamples=10)
+
+
+def test_pair_identities_join_templates_by_genuine_pairs_and_subjects():
+    pairs = np.array([[10, 11], [11, 12], [20, 21], [10, 20], [30, 31], [12, 30]])
+    labels = np.array([1, 1, 0, 0, 0, 0])
+    ids = pair_identities(pairs, labels)
+    assert ids[0, 0] == ids[0, 1] == ids[1, 1]  # 10 ~ 11 ~ 12 by genuine pairs
+    assert len({ids[2, 0], ids[2, 1], ids[0, 0], ids[4, 0], ids[4, 1]}) == 5  # 20, 21, 30, 31 on their own
+    joined = pair_identities(pairs, labels, {20: 7, 21: 7, 31: 8})
+    assert joined[2, 0] == joined[2, 1] and joined[4, 0] != joined[4, 1]
+    assert joined.shape == pairs.shape and joined.min() == 0

@@ -47,6 +47,39 @@ class PairedStudy:
     identities: int
 
 
+def pair_identities(pairs: np.ndarray, labels: np.ndarray,
+                    subject_of: Mapping[int, int] | None = None) -> np.ndarray:
+    """(P, 2) identity cluster of each side of each template pair, for the bootstrap.
+
+    IJB's 1:1 list names templates, not subjects. Two templates are one identity when a genuine
+    pair joins them or when the 1:N tables (``subject_of``: template -> subject) give them the same
+    subject; a template in neither stays an identity of its own (a lower bound on the dependence).
+    """
+    pairs = np.asarray(pairs, dtype=np.int64)
+    templates, index = np.unique(pairs, return_inverse=True)
+    index = index.reshape(pairs.shape)
+    parent = np.arange(templates.size)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    def join(a: int, b: int) -> None:
+        parent[root(a)] = root(b)
+
+    for a, b in index[np.asarray(labels) == 1]:
+        join(int(a), int(b))
+    first_of_subject: dict[int, int] = {}
+    for i, template in enumerate(templates):
+        subject = (subject_of or {}).get(int(template))
+        if subject is not None:
+            join(i, first_of_subject.setdefault(subject, i))
+    roots = np.array([root(i) for i in range(templates.size)])
+    return np.unique(roots, return_inverse=True)[1][index]
+
+
 def pair_weights(subjects: np.ndarray, draws: np.ndarray, n_subjects: int) -> np.ndarray:
     """(P,) how often each pair counts in a resample that drew identities ``draws`` (indices)."""
     drawn = np.bincount(draws, minlength=n_subjects)  # (S,) multiplicity of each identity
