@@ -68,7 +68,8 @@ def test_cache_computes_once_and_survives_a_corrupt_file(tmp_path):
         calls.append(1)
         return np.arange(6, dtype=np.float32).reshape(3, 2)
 
-    key = EmbeddingCache.key("abc123", "lfw")
+    images = np.zeros((3, 2, 2, 3), np.uint8)
+    key = EmbeddingCache.key("abc123", "lfw", images)
     first = cache.get_or_compute(key, compute)
     second = cache.get_or_compute(key, compute)
     np.testing.assert_array_equal(first, second)
@@ -76,7 +77,7 @@ def test_cache_computes_once_and_survives_a_corrupt_file(tmp_path):
     path = cache.path(key)
     assert path.suffix == ".npy" and "/" not in path.name
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # no temp file left
-    assert cache.path(EmbeddingCache.key("abc123", "lfw", flip=False)) != path
+    assert cache.path(EmbeddingCache.key("abc123", "lfw", images, flip=False)) != path
     path.write_bytes(b"not a numpy file")
     np.testing.assert_array_equal(cache.get_or_compute(key, compute), first)
     assert len(calls) == 2

@@ -85,15 +85,22 @@ class StudentData:
 
 
 def folder_listing_hash(dataset: "FaceDataset") -> str:
-    """sha256 over the sorted (relative path, size) of an unlabeled folder's images.
+    """sha256 over the sorted relative paths and the bytes of an unlabeled folder's images.
 
-    Cheap for millions of files (contents are not read): it catches added, removed, renamed and
-    re-encoded images, which is what would shift the cache's rows.
+    The cache's row i is the teacher's embedding of image i, so the key must change when any image
+    is added, removed, renamed or replaced, even by one of the same size and mtime (an edit, a
+    re-encode, ``cp -p``): paths and sizes alone served stale rows. Reading every file costs about
+    what one epoch's reads do.
     """
     root = Path(dataset.name)
     h = hashlib.sha256()
     for path in dataset.source.paths:
-        h.update(f"{path.relative_to(root).as_posix()}\0{path.stat().st_size}\n".encode())
+        size = path.stat().st_size
+        h.update(f"{path.relative_to(root).as_posix()}\0{size}\n".encode())
+        with open(path, "rb") as fh:  # the bytes stat promised, in blocks: bounded memory and time
+            while size > 0 and (block := fh.read(min(size, 1 << 20))):
+                h.update(block)
+                size -= len(block)
     return h.hexdigest()
 
 

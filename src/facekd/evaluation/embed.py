@@ -115,8 +115,21 @@ def checkpoint_hash(path: str | Path, length: int = 16) -> str:
     return digest.hexdigest()[:length]
 
 
+def array_hash(array: np.ndarray, length: int = 16) -> str:
+    """Hex SHA-256 prefix of an array's dtype, shape and bytes.
+
+    Hashing the decoded images (not the files) keys on exactly what the model sees: a .bin, an IJB
+    crop or its landmarks, or an MFR image changed in any way changes it. SHA-256 runs at ~1 GB/s
+    here (faster than blake2b on CPUs with SHA extensions): 0.5 s for LFW's 12000 images, a small
+    share of embedding them.
+    """
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(memoryview(np.ascontiguousarray(array)).cast("B"))
+    return digest.hexdigest()[:length]
+
+
 class EmbeddingCache:
-    """Features cached as ``.npy`` per key (e.g. ``f"{checkpoint_hash}/{dataset}"``) under a folder.
+    """Features cached as ``.npy`` per :meth:`key` (model hash, dataset, content hash) under a folder.
 
     Re-scoring a model (new metric, new plot) reuses its features instead of re-embedding. Files
     are written atomically; an unreadable file is recomputed and replaced.
@@ -126,9 +139,10 @@ class EmbeddingCache:
         self.cache_dir = Path(cache_dir)
 
     @staticmethod
-    def key(model_hash: str, dataset: str, *, flip: bool = True) -> str:
-        """The conventional key for one model's features of one dataset."""
-        return f"{model_hash}/{dataset}/{'flip' if flip else 'noflip'}"
+    def key(model_hash: str, dataset: str, images: np.ndarray, *, flip: bool = True) -> str:
+        """The key of one model's features of one dataset's ``images``: their content hash is part
+        of it, so a replaced benchmark (same name, same size) is embedded again, never served stale."""
+        return f"{model_hash}/{dataset}/{array_hash(images)}/{'flip' if flip else 'noflip'}"
 
     def path(self, key: str) -> Path:
         """File of ``key``: a readable slug plus a hash of the exact key (no collisions, no '/')."""

@@ -2,11 +2,11 @@
 
 Writes ``metrics/eval/<model>.json`` (DVC metrics), ``plots/roc/<model>.json`` (DVC plots,
 one ROC per benchmark) and logs the same numbers and a ROC PNG to the model's MLflow run.
-Embeddings are cached per model weights + benchmark, so re-scoring does not re-embed.
+Embeddings are cached per model weights + benchmark + content hash of the images embedded, so
+re-scoring does not re-embed, and a benchmark replaced under the same name is embedded afresh.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -19,15 +19,11 @@ from facekd.fsio import write_json
 log = logging.getLogger(__name__)
 
 
-def _weights_hash(path: Path) -> str:
-    return hashlib.sha256((path / "backbone.pt").read_bytes()).hexdigest()[:16]
-
-
 def run(params: Params, model_name: str) -> dict:
     import torch
 
     from facekd.evaluation.benchmarks import benchmarks
-    from facekd.evaluation.embed import EmbeddingCache, embed_images
+    from facekd.evaluation.embed import EmbeddingCache, checkpoint_hash, embed_images
     from facekd.evaluation.plots import roc_figure, roc_points, save_png
     from facekd.models.store import load_backbone, model_dir
 
@@ -41,10 +37,11 @@ def run(params: Params, model_name: str) -> dict:
     if not found:
         raise DataError(f"{eval_dir}: no evaluation sets (*.bin, ijb/meta, mfr/) found; run the prepare stage")
     cache = EmbeddingCache(Path("features/eval") / model_name)
-    key = _weights_hash(src)
+    weights = checkpoint_hash(src / "backbone.pt")
 
     def embed(name: str, images: np.ndarray) -> np.ndarray:
-        return cache.get_or_compute(f"{key}-{name}", lambda: embed_images(model, images, batch_size=params.evaluate.batch_size))
+        return cache.get_or_compute(EmbeddingCache.key(weights, name, images),
+                                    lambda: embed_images(model, images, batch_size=params.evaluate.batch_size))
 
     metrics: dict = {"model": model_name, "arch": meta["arch"], "params_m": meta.get("params_m"), "gmacs": meta.get("gmacs")}
     curves, points = {}, {}

@@ -2,7 +2,9 @@
 
 Sources: the embedded synthetic generator, an insightface ``.rec`` (with its eval ``.bin``
 files in ``data.eval_path``), or an identity-per-folder image tree. Outputs are built in
-temporary sibling folders and moved into place only when complete.
+temporary sibling folders and moved into place only when complete, and only if replacing them
+would delete no input, no other output, the repository or the home folder
+(:func:`facekd.fsio.replaced_dir`).
 
 ``data.path`` and ``data.eval_path`` are deps of this stage in ``dvc.yaml`` (their content is
 hashed into ``dvc.lock``); their default folders under ``data/raw/`` hold only a hidden
@@ -19,7 +21,7 @@ from pathlib import Path
 
 from facekd.config import Params
 from facekd.errors import DataError
-from facekd.fsio import write_json
+from facekd.fsio import replaced_dir, write_json
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +29,9 @@ log = logging.getLogger(__name__)
 def run(params: Params) -> None:
     data = params.data
     _check_sources(data.source, data.path, data.eval_path)
-    train_dir, eval_dir = Path(data.prepared_dir), Path(data.eval_dir)
-    with _staged_dir(train_dir) as train_tmp, _staged_dir(eval_dir) as eval_tmp:
+    inputs = {"data.path": data.path, "data.eval_path": data.eval_path}
+    with (replaced_dir("data.prepared_dir", data.prepared_dir, {**inputs, "data.eval_dir": data.eval_dir}) as train_tmp,
+          replaced_dir("data.eval_dir", data.eval_dir, {**inputs, "data.prepared_dir": data.prepared_dir}) as eval_tmp):
         if data.source == "synthetic":
             from facekd.data.synthetic import generate
 
@@ -80,26 +83,6 @@ def _file_hash(*paths: Path) -> str:
             for block in iter(lambda: fh.read(1 << 22), b""):
                 h.update(block)
     return h.hexdigest()
-
-
-class _staged_dir:
-    """Build into ``<target>.tmp``; on success replace ``target`` with it, on failure remove it."""
-
-    def __init__(self, target: Path) -> None:
-        self.target = target
-        self.tmp = target.with_name(f".{target.name}.tmp")
-
-    def __enter__(self) -> Path:
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        self.tmp.mkdir(parents=True)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            return
-        shutil.rmtree(self.target, ignore_errors=True)
-        os.replace(self.tmp, self.target)
 
 
 def _place(src: Path, dst: Path) -> None:

@@ -1,7 +1,7 @@
 """Training checkpoints: atomic save, fall back to the previous one, safe load, config guard.
 
 Layout of a run folder (``checkpoints/<run>/``): ``last.pt`` (newest) and ``prev.pt`` (the one
-before it). A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so it loads
+before it); a damaged ``last.pt`` that training resumed past is kept as ``last.pt.damaged-<n>``. A checkpoint is a dict of tensors, numbers, strings, lists and dicts only, so it loads
 with ``torch.load(weights_only=True)``: a checkpoint from elsewhere cannot run code. RNG states are
 stored in that form too (numpy's and Python's states converted, see :func:`capture_rng`).
 """
@@ -66,7 +66,9 @@ def load_latest(run_dir: str | Path) -> dict[str, Any] | None:
     """The newest readable checkpoint of ``run_dir`` (``last.pt``, else ``prev.pt``), or None.
 
     A damaged ``last.pt`` (e.g. a disk filled up mid-copy) is reported with a warning and
-    ``prev.pt`` is used; when every file present is damaged this raises :class:`TrainingError`.
+    ``prev.pt`` is used; the damaged file is then moved aside (:func:`_quarantine`), so the next
+    save cannot rotate it over ``prev.pt``, the only good checkpoint. When every file present is
+    damaged this raises :class:`TrainingError` and moves nothing.
     """
     run_dir = Path(run_dir)
     candidates = [run_dir / name for name in (LAST, PREVIOUS) if (run_dir / name).exists()]
@@ -80,12 +82,30 @@ def load_latest(run_dir: str | Path) -> dict[str, Any] | None:
             continue
         if problems:
             log.warning("resuming from %s (step %d) instead of the damaged %s", path, state["step"], LAST)
+            _quarantine(run_dir / LAST)
         return state
     if problems:
         raise TrainingError(
             "; ".join(problems) + f". No usable checkpoint in {run_dir}/: delete that folder to start over"
         )
     return None
+
+
+def _quarantine(path: Path) -> None:
+    """Rename a damaged checkpoint to ``<name>.damaged-<n>`` (first free n), kept for inspection.
+
+    Every rank resumes through :func:`load_latest`; a rank that finds the file already moved by
+    another has nothing left to do.
+    """
+    n = 1
+    while (target := path.with_name(f"{path.name}.damaged-{n}")).exists():
+        n += 1
+    try:
+        os.rename(path, target)
+    except FileNotFoundError:
+        return
+    log.warning("moved the damaged %s aside to %s (delete it once inspected); the next save keeps %s",
+                path, target.name, PREVIOUS)
 
 
 def config_hash(config: dict[str, Any]) -> str:
