@@ -186,6 +186,46 @@ def rollback(ctx: click.Context) -> None:
     undo(_params(ctx))  # logs its one-line summary
 
 
+MODEL_OPTION = click.option(
+    "--model", "source", default="champion", show_default=True,
+    help="A registry alias of registry.model_name (MLflow), or a local .onnx file (e.g. exports/qud.onnx).")
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True)
+@MODEL_OPTION
+@click.option("--out", default="embeddings.npy", show_default=True, type=click.Path(dir_okay=False),
+              help="Where to write the (N, d) float32 array (.npy), one row per image in argument order.")
+@click.pass_context
+def embed(ctx: click.Context, images: tuple[str, ...], source: str, out: str) -> None:
+    """Embed aligned 112x112 face crops (IMAGES) as L2-normalised vectors.
+
+    Images must be aligned face crops (insightface's 5-point alignment), as in training.
+    """
+    from facekd.inference import embed_files
+
+    loaded, emb = embed_files(_params(ctx), source, images, Path(out))
+    click.echo(f"{out}: {emb.shape[0]} x {emb.shape[1]} unit embeddings from {loaded.label}")
+
+
+@cli.command()
+@click.argument("image_a")
+@click.argument("image_b")
+@MODEL_OPTION
+@click.option("--threshold", type=float, default=None,
+              help="Cosine threshold for 'same person' (default: the one the model's evaluation recorded "
+                   "at registry.verify_far).")
+@click.pass_context
+def verify(ctx: click.Context, image_a: str, image_b: str, source: str, threshold: float | None) -> None:
+    """Are two aligned 112x112 face crops the same person? Prints the cosine and the decision."""
+    from facekd.inference import verify_files
+
+    loaded, result = verify_files(_params(ctx), source, image_a, image_b, threshold)
+    where = "given" if result.far is None else f"FAR {result.far:g}"
+    verdict = "same person" if result.same else "different people"
+    click.echo(f"cosine {result.score:.4f}, threshold {result.threshold:.4f} ({where}, {loaded.label}): {verdict}")
+
+
 @cli.command("import-insightface")
 @click.argument("backbone_pth", type=click.Path(exists=True, dir_okay=False))
 @click.option("--arch", required=True, help="Backbone name, e.g. iresnet50 (see `facekd models`).")

@@ -230,6 +230,14 @@ class DistillParams(Section):
         return self
 
 
+class BootstrapParams(Section):
+    """The leaderboard's intervals: resamples of the evaluation identities (facekd.evaluation.uncertainty)."""
+
+    resamples: int = Field(1000, ge=0, le=100_000)  # 0: no intervals
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+
+
 class EvaluateParams(Section):
     """Benchmarks and protocol switches."""
 
@@ -241,6 +249,7 @@ class EvaluateParams(Section):
     ijb_norm: bool = False
     ijb_detector: bool = True
     mfr_far: float = Field(1e-4, gt=0.0, lt=1.0)
+    bootstrap: BootstrapParams = BootstrapParams()
 
 
 class ExportParams(Section):
@@ -262,6 +271,9 @@ class RegistryParams(Section):
     model_name: str = "facekd-student"
     gate_metric: str = "ijb.tar@far=1e-4"
     min_improvement: float = Field(0.0, ge=0.0)
+    # `facekd verify` decides at this FAR, with the threshold the gate metric's benchmark recorded
+    # (one of evaluate.far_targets).
+    verify_far: float = Field(1e-3, gt=0.0, lt=1.0)
 
 
 class TrackingParams(Section):

@@ -23,7 +23,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +32,7 @@ import numpy as np
 
 from facekd.config import Params
 from facekd.errors import FacekdError, RegistryError
-from facekd.fsio import read_json_object, write_json
+from facekd.fsio import read_json_object, write_json, write_text
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
@@ -45,6 +45,7 @@ CHAMPION = "champion"
 MODEL_ARTIFACT = "model"
 METRICS_DIR = Path("metrics/eval")
 REGISTRY_REPORT = Path("reports/registry.json")
+MODEL_CARD_REPORT = Path("reports/model_card.md")  # the candidate's card, beside the leaderboard
 HISTORY_TAG = "champion_history"
 HISTORY_KEEP = 50
 NO_VERSION = "none"
@@ -143,6 +144,22 @@ def gate_value(metrics: dict[str, Any], metric: str, *, model: str, source: str)
     return float(value)
 
 
+def operating_point(metrics: dict[str, Any], gate_metric: str, far: float) -> dict[str, Any]:
+    """Where `facekd verify` decides: the cosine threshold the gate metric's benchmark recorded at
+    ``far``, with the TAR there (``threshold`` None when not recorded, e.g. a set too small for it)."""
+    from facekd.evaluation.metrics import rate_key
+
+    benchmark = gate_metric.split(".", 1)[0]
+
+    def number(key: str) -> float | None:
+        value = lookup(metrics, f"{benchmark}.{key}")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    return {"benchmark": benchmark, "far": far, "threshold": number(rate_key("threshold@far", far)),
+            "tar": number(rate_key("tar@far", far)), "num_genuine": number("num_genuine"),
+            "num_impostor": number("num_impostor")}
+
+
 def select_best(model_names: list[str] | tuple[str, ...], gate_metric: str) -> str:
     """The student with the highest gate metric; ties go to fewer parameters. Never the teacher."""
     students = [name for name in model_names if name != "teacher"]
@@ -176,6 +193,7 @@ class Candidate:
     gate_metric: str
     gate_value: float
     meta: dict[str, Any]
+    operating_point: dict[str, Any]
 
     @property
     def checks_passed(self) -> bool:
@@ -217,7 +235,8 @@ def gather_candidate(params: Params, model_name: str) -> Candidate:
         meta = read_meta(model_dir(model_name))
     except FacekdError as err:
         raise RegistryError(f"model '{model_name}': {err}") from None
-    return Candidate(model_name, model_dir(model_name), path, sha, report, metrics, metric, value, meta)
+    point = operating_point(metrics, metric, params.registry.verify_far)
+    return Candidate(model_name, model_dir(model_name), path, sha, report, metrics, metric, value, meta, point)
 
 
 def _experiment_id(client: MlflowClient, name: str) -> str:
@@ -289,6 +308,8 @@ def _version_tags(cand: Candidate) -> dict[str, str]:
         "eval_metrics": json.dumps(cand.metrics, sort_keys=True),
         "data_hash": str(cand.meta.get("data_hash")),
         "params_m": str(cand.meta.get("params_m", cand.metrics.get("params_m"))),
+        "verify_far": repr(cand.operating_point["far"]),
+        "verify_threshold": repr(cand.operating_point["threshold"]),
     }
 
 
@@ -305,7 +326,16 @@ def _flat_numbers(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
     return out
 
 
-def _write_model_files(cand: Candidate, git_commit: str | None, root: Path) -> None:
+def _model_card(params: Params, cand: Candidate, git_commit: str | None) -> dict[str, Any]:
+    from facekd.export.model_card import build_card
+
+    return build_card(model=cand.model, meta=cand.meta, metrics=cand.metrics, export_report=cand.export_report,
+                      onnx_sha256=cand.onnx_sha256, gate_metric=cand.gate_metric, gate_value=cand.gate_value,
+                      git_commit=git_commit, operating_point=cand.operating_point,
+                      eval_data={"source": params.data.source, "path": str(params.data.eval_dir)})
+
+
+def _write_model_files(cand: Candidate, card: dict[str, Any], root: Path) -> None:
     """The MLflow ONNX model, the model card and the export report, under ``root``."""
     import mlflow.onnx
     import onnx
@@ -313,7 +343,7 @@ def _write_model_files(cand: Candidate, git_commit: str | None, root: Path) -> N
     from mlflow.models import ModelSignature
     from mlflow.types import Schema, TensorSpec
 
-    from facekd.export.model_card import build_card, render_markdown
+    from facekd.export.model_card import render_markdown
     from facekd.export.onnx import IMAGE_SIZE, INPUT_NAME, OUTPUT_NAME
 
     proto = onnx.load(str(cand.onnx_path))
@@ -335,9 +365,6 @@ def _write_model_files(cand: Candidate, git_commit: str | None, root: Path) -> N
         onnx_execution_providers=["CPUExecutionProvider"],
         metadata={"facekd_model": cand.model, "onnx_sha256": cand.onnx_sha256},
     )
-    card = build_card(model=cand.model, meta=cand.meta, metrics=cand.metrics, export_report=cand.export_report,
-                      onnx_sha256=cand.onnx_sha256, gate_metric=cand.gate_metric, gate_value=cand.gate_value,
-                      git_commit=git_commit)
     (root / "model_card").mkdir()
     (root / "model_card" / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     (root / "model_card" / "model_card.md").write_text(render_markdown(card))
@@ -345,19 +372,20 @@ def _write_model_files(cand: Candidate, git_commit: str | None, root: Path) -> N
     (root / "export" / "report.json").write_text(json.dumps(cand.export_report, indent=2, sort_keys=True) + "\n")
 
 
-def _log_version(client: MlflowClient, params: Params, cand: Candidate) -> ModelVersion:
+def _log_version(client: MlflowClient, params: Params, cand: Candidate, card: dict[str, Any]) -> ModelVersion:
     """A new MLflow run holding the model and its files, registered as a new version."""
     from mlflow.entities import Metric, Param
 
-    from facekd.tracking import default_tags, git_commit
+    from facekd.export.model_card import describe
+    from facekd.tracking import default_tags
 
-    commit = git_commit()
+    commit = card["git_commit"]
     run = client.create_run(_experiment_id(client, params.tracking.experiment), run_name=f"register-{cand.model}",
                             tags={**default_tags("register"), "facekd.model": cand.model})
     run_id = run.info.run_id
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            _write_model_files(cand, commit, Path(tmp))
+            _write_model_files(cand, card, Path(tmp))
             for sub in (MODEL_ARTIFACT, "model_card", "export"):
                 client.log_artifacts(run_id, str(Path(tmp) / sub), sub)
         for name in ("backbone.pt", "meta.json"):
@@ -372,7 +400,7 @@ def _log_version(client: MlflowClient, params: Params, cand: Candidate) -> Model
         tags = {**_version_tags(cand), "git_commit": str(commit), "registered_at": _now()}
         version = client.create_model_version(
             params.registry.model_name, source=f"{run.info.artifact_uri}/{MODEL_ARTIFACT}", run_id=run_id,
-            tags=tags, description=f"facekd student '{cand.model}'",
+            tags=tags, description=describe(card),
         )
     except BaseException:
         client.set_terminated(run_id, "FAILED")
@@ -381,8 +409,13 @@ def _log_version(client: MlflowClient, params: Params, cand: Candidate) -> Model
     return version
 
 
-def _refresh_tags(client: MlflowClient, name: str, version: ModelVersion, cand: Candidate) -> None:
+def _refresh_tags(client: MlflowClient, name: str, version: ModelVersion, cand: Candidate,
+                  card: dict[str, Any]) -> None:
     """Same ONNX file again: keep the version, bring its gate tags up to date (e.g. re-evaluated)."""
+    from facekd.export.model_card import describe
+
+    if version.description != describe(card):
+        client.update_model_version(name, version.version, description=describe(card))
     for key, value in _version_tags(cand).items():
         if version.tags.get(key) != value:
             log.warning("version %s of %s: tag %s changes from %r to %r", version.version, name, key,
@@ -392,16 +425,20 @@ def _refresh_tags(client: MlflowClient, name: str, version: ModelVersion, cand: 
 
 def register_candidate(params: Params, model_name: str) -> dict[str, Any]:
     """Register ``model_name``'s exported ONNX as alias ``candidate``; writes ``reports/registry.json``."""
+    from facekd.export.model_card import render_markdown
+    from facekd.tracking import git_commit
+
     cand = gather_candidate(params, model_name)
+    card = _model_card(params, cand, git_commit())
     name = params.registry.model_name
     with open_registry(params) as client:
         _ensure_registered_model(client, name)
         version = _find_version(client, name, cand.onnx_sha256)
         reused = version is not None
         if version is None:
-            version = _log_version(client, params, cand)
+            version = _log_version(client, params, cand, card)
         else:
-            _refresh_tags(client, name, version, cand)
+            _refresh_tags(client, name, version, cand, card)
         client.set_registered_model_alias(name, CANDIDATE, version.version)
     result = {
         "registered_model": name,
@@ -417,6 +454,7 @@ def register_candidate(params: Params, model_name: str) -> dict[str, Any]:
     }
     # The file leaves out "reused" so an unchanged registration rewrites identical bytes (DVC output).
     write_json(REGISTRY_REPORT, {k: v for k, v in result.items() if k != "reused"})
+    write_text(MODEL_CARD_REPORT, render_markdown(card))
     log.info("%s version %s (%s) is now '%s'%s", name, version.version, model_name, CANDIDATE,
              " (reused)" if reused else "")
     return result
@@ -542,12 +580,13 @@ def rollback(params: Params) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ChampionModel:
-    """The champion's ONNX graph in an onnxruntime session."""
+    """A registered version's (or a local file's) ONNX graph in an onnxruntime session, with its version tags."""
 
     name: str
     version: str
     uri: str
     session: Any
+    tags: dict[str, str] = field(default_factory=dict)
 
     def embed(self, images_uint8: np.ndarray) -> np.ndarray:
         """(N, 112, 112, 3) uint8 RGB -> (N, d) float32 embeddings (not normalised)."""
@@ -558,8 +597,8 @@ class ChampionModel:
     __call__ = embed
 
 
-def load_champion(params: Params) -> ChampionModel:
-    """Download ``models:/<name>@champion`` (pinned to the version the alias points at) for inference."""
+def load_champion(params: Params, alias: str = CHAMPION) -> ChampionModel:
+    """Download ``models:/<name>@<alias>`` (pinned to the version the alias points at) for inference."""
     import mlflow.artifacts
     import mlflow.onnx
 
@@ -568,9 +607,10 @@ def load_champion(params: Params) -> ChampionModel:
     name, uri_root = params.registry.model_name, tracking_uri(params)
     with open_registry(params) as client:
         _require_registered_model(client, name)
-        champion = _by_alias(client, name, CHAMPION)
+        champion = _by_alias(client, name, alias)
         if champion is None:
-            raise RegistryError(f"registered model '{name}' has no '{CHAMPION}' yet; run `facekd promote` first")
+            fix = "run `facekd promote` first" if alias == CHAMPION else "check the alias in the MLflow UI"
+            raise RegistryError(f"registered model '{name}' has no alias '{alias}' yet; {fix}")
         uri = f"models:/{name}/{champion.version}"
         with tempfile.TemporaryDirectory() as tmp:
             local = mlflow.artifacts.download_artifacts(
@@ -578,5 +618,5 @@ def load_champion(params: Params) -> ChampionModel:
             )
             proto = mlflow.onnx.load_model(local)
     session = open_session(proto.SerializeToString())
-    log.info("loaded %s@%s = version %s", name, CHAMPION, champion.version)
-    return ChampionModel(name, str(champion.version), uri, session)
+    log.info("loaded %s@%s = version %s", name, alias, champion.version)
+    return ChampionModel(name, str(champion.version), uri, session, dict(champion.tags))

@@ -151,6 +151,22 @@ class SortedScores:
         tar = np.where(unsupported, np.nan, self.tpr_at_count(counts))
         return {float(f): float(t) for f, t in zip(targets, tar, strict=True)}
 
+    def threshold_at_far(self, fars: Sequence[float]) -> dict[float, float]:
+        """Decision threshold per target FAR: call a pair "same" when its score is > the threshold.
+
+        It accepts the most impostors that stay within the target (FAR <= target) and, with them,
+        exactly the genuine pairs ``tar_at_far_strict`` counts. NaN below ``1 / num_impostors``.
+        """
+        targets, unsupported = self._targets(fars)
+        n_i = self.num_impostor
+        counts = self._floor_counts(targets)
+        # Accepting scores above the (c+1)-th highest impostor accepts at most c impostors (fewer
+        # on ties); c == n_i accepts every score, so the cut goes just below the lowest one.
+        cut = np.where(counts >= n_i, np.nextafter(self.impostor[0], -np.inf),
+                       self.impostor[np.clip(n_i - 1 - counts, 0, n_i - 1)])
+        threshold = np.where(unsupported, np.nan, cut)
+        return {float(f): float(t) for f, t in zip(targets, threshold, strict=True)}
+
     def auc(self) -> float:
         """Area under the ROC (Mann-Whitney: P(genuine > impostor) + P(tie) / 2)."""
         below = np.searchsorted(self.impostor, self.genuine, side="left").sum(dtype=np.float64)
@@ -204,6 +220,11 @@ def verification_report(sorted_scores: SortedScores, fars: Sequence[float]) -> d
     report["num_genuine"] = sorted_scores.num_genuine
     report["num_impostor"] = sorted_scores.num_impostor
     return report
+
+
+def threshold_report(sorted_scores: SortedScores, fars: Sequence[float]) -> dict[str, float]:
+    """``{"threshold@far=1e-3": ...}``: the score above which a pair is "same" at each FAR."""
+    return {rate_key("threshold@far", far): t for far, t in sorted_scores.threshold_at_far(fars).items()}
 
 
 # ---------------------------------------------------------------- open-set identification (1:N)

@@ -1,8 +1,31 @@
-"""The model card logged with every registered version: one JSON record and its Markdown view."""
+"""The model card logged with every registered version: one JSON record and its Markdown view.
+
+The register stage also writes the Markdown to ``reports/model_card.md``. The card says what the
+model is for, what it was evaluated on (and loudly when that was the synthetic embedded set), the
+threshold `facekd verify` decides with, and what the numbers cannot tell.
+"""
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
+
+SYNTHETIC_SOURCE = "synthetic"
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+INTENDED_USE = (
+    "1:1 face verification and 1:N search on aligned 112x112 RGB face crops (insightface's 5-point "
+    "alignment, as the training and evaluation data): embed each face, compare two faces by the cosine "
+    "of their L2-normalised embeddings (`facekd embed`, `facekd verify`)."
+)
+LIMITATIONS = (
+    "Unaligned or differently aligned crops, other resolutions, profile faces and heavy occlusion were "
+    "not measured and score lower.",
+    "The threshold holds the stated FAR on the evaluation set's impostor pairs only; recalibrate it on "
+    "pairs from the population and capture conditions of the deployment.",
+    "Accuracy across demographic groups was not measured. Not for decisions with legal or similarly "
+    "significant effects on a person without human review.",
+)
 
 
 def build_card(
@@ -15,9 +38,16 @@ def build_card(
     gate_metric: str,
     gate_value: float,
     git_commit: str | None,
+    operating_point: dict[str, Any],
+    eval_data: dict[str, Any],
 ) -> dict[str, Any]:
-    """Everything needed to judge and reproduce a registered model, as one JSON-able dict."""
+    """Everything needed to judge and reproduce a registered model, as one JSON-able dict.
+
+    ``operating_point`` is ``registry.operating_point``'s verify threshold; ``eval_data`` names the
+    data source and evaluation folder.
+    """
     checks = export_report.get("checks", {})
+    synthetic = eval_data.get("source") == SYNTHETIC_SOURCE
     return {
         "model": model,
         "method": meta.get("method", model),
@@ -31,6 +61,12 @@ def build_card(
         "params_m": meta.get("params_m", metrics.get("params_m")),
         "gmacs": meta.get("gmacs", metrics.get("gmacs")),
         "gate": {"metric": gate_metric, "value": gate_value},
+        "intended_use": INTENDED_USE,
+        "evaluation_data": {**eval_data, "synthetic": synthetic,
+                            "benchmarks": sorted(k for k, v in metrics.items() if isinstance(v, dict))},
+        "verification": {**operating_point, "tar_interval95": _wilson(operating_point.get("tar"),
+                                                                      operating_point.get("num_genuine"))},
+        "limitations": list(LIMITATIONS),
         "eval_metrics": metrics,
         "onnx": {
             "sha256": onnx_sha256,
@@ -48,6 +84,42 @@ def build_card(
             "mfr_rules": {name: rule.get("ok") for name, rule in checks.get("mfr_rules", {}).items()},
         },
     }
+
+
+def _wilson(rate: float | None, n: float | None) -> list[float] | None:
+    """95% Wilson score interval of a rate measured on ``n`` trials (None when unmeasured)."""
+    if rate is None or not n:
+        return None
+    centre = (rate + Z95**2 / (2 * n)) / (1 + Z95**2 / n)
+    half = Z95 / (1 + Z95**2 / n) * math.sqrt(rate * (1 - rate) / n + Z95**2 / (4 * n * n))
+    return [max(0.0, centre - half), min(1.0, centre + half)]
+
+
+def _percent(rate: float | None) -> str:
+    return "not measured" if rate is None else f"{100 * rate:.2f}%"
+
+
+def _count(n: float | None) -> str:
+    return "an unrecorded number of" if n is None else f"{n:.0f}"
+
+
+def threshold_text(card: dict[str, Any]) -> str:
+    """One sentence: the decision threshold and where it comes from."""
+    point = card["verification"]
+    if point.get("threshold") is None:
+        return (f"no threshold at FAR {point['far']:g}: benchmark '{point['benchmark']}' recorded none "
+                "(too few impostor pairs, or evaluated before thresholds were recorded)")
+    return (f"same person when cosine > {point['threshold']:.4f} (FAR {point['far']:g} on the "
+            f"{_count(point['num_impostor'])} impostor pairs of '{point['benchmark']}')")
+
+
+def describe(card: dict[str, Any]) -> str:
+    """The registry version's description: what it is, on what data, and how to decide."""
+    data = "SYNTHETIC evaluation data" if card["evaluation_data"]["synthetic"] else "evaluation data"
+    gate = card["gate"]
+    return (f"facekd student '{card['model']}' ({card['arch']}, {card['embedding_size']}-d): "
+            f"{gate['metric']} = {gate['value']:.4f} on {data} at {card['evaluation_data']['path']}; "
+            f"{threshold_text(card)}. Input: aligned 112x112 face crops.")
 
 
 def _rows(pairs: list[tuple[str, Any]]) -> str:
@@ -74,8 +146,35 @@ def render_markdown(card: dict[str, Any]) -> str:
         f"# Model card: {card['model']}\n\n"
         "Face-recognition embedding model distilled with facekd.\n\n"
         f"| field | value |\n|---|---|\n{summary}\n\n"
+        f"## Intended use\n\n{card['intended_use']}\n\n"
         f"## Input / output\n\n- input: {card['onnx']['input']}\n- output: {card['onnx']['output']}\n"
         "- compare two faces by the cosine of their L2-normalised embeddings\n\n"
+        f"## Evaluation data\n\n{_data_text(card['evaluation_data'])}\n\n"
+        f"## Decision threshold\n\n{_threshold_section(card)}\n\n"
+        "## Limitations\n\n" + "".join(f"- {line}\n" for line in card["limitations"]) + "\n"
         "## Evaluation metrics\n\n```json\n"
         f"{json.dumps(card['eval_metrics'], indent=2, sort_keys=True)}\n```\n"
     )
+
+
+def _data_text(data: dict[str, Any]) -> str:
+    names = ", ".join(data["benchmarks"]) or "none"
+    if data["synthetic"]:
+        return (f"**SYNTHETIC.** Every number below was measured on the embedded synthetic face set "
+                f"(`{data['path']}`: rendered identities, not photographs of people; benchmarks: {names}). "
+                "It shows the pipeline works and separates methods; it says nothing about accuracy on real "
+                "faces. Evaluate on real data (README, \"Real data and GPUs\") before any use.")
+    return f"Source `{data['source']}`, evaluation folder `{data['path']}`; benchmarks: {names}."
+
+
+def _threshold_section(card: dict[str, Any]) -> str:
+    point = card["verification"]
+    text = f"`facekd verify` decides: {threshold_text(card)}."
+    if point.get("threshold") is None:
+        return text
+    interval = point["tar_interval95"]
+    spread = "" if interval is None else f" (95% interval {_percent(interval[0])} - {_percent(interval[1])})"
+    return (f"{text} Scores are cosines of flip-summed, L2-normalised embeddings, as the evaluation's "
+            "template scores (one image is a one-image template; the evaluation's templates pool several "
+            "images, so single-image scores spread wider). TAR at this FAR as evaluated: "
+            f"{_percent(point.get('tar'))} of {_count(point['num_genuine'])} genuine pairs{spread}.")
