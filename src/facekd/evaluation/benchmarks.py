@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,8 @@ log = logging.getLogger(__name__)
 
 # embed(name, images (N,112,112,3) uint8 RGB) -> (N, 2d) [feature, feature of the flip]
 Embedder = Callable[[str, np.ndarray], np.ndarray]
-Result = tuple[dict, tuple[np.ndarray, np.ndarray] | None]
+# (metrics, ROC (fpr, tpr) or None[, PairScores: the scored 1:1 pairs for the report's bootstrap, IJB only])
+Result = tuple[Any, ...]
 ALIGNED = (112, 112, 3)
 MIN_PAIRS = 10  # 10-fold verification accuracy
 
@@ -68,7 +70,7 @@ def _ijb_images(protocol) -> np.ndarray:
 def ijb_protocol(root: Path, name: str, embed: Embedder, cfg: EvaluateParams) -> Result:
     from facekd.data.ijb import load_ijb
     from facekd.evaluation import ijb
-    from facekd.evaluation.metrics import SortedScores, verification_report
+    from facekd.evaluation.metrics import SortedScores, threshold_report, verification_report
 
     protocol = load_ijb(root, name)
     feats = embed(f"ijb-{name}", _ijb_images(protocol))  # (N, 2d) [image, flip]
@@ -76,13 +78,27 @@ def ijb_protocol(root: Path, name: str, embed: Embedder, cfg: EvaluateParams) ->
     modes = {"use_flip_feats": cfg.ijb_flip, "norm": cfg.ijb_norm, "detector": cfg.ijb_detector}
     columns = (feats, images["template_id"].to_numpy(), images["media_id"].to_numpy(), images["faceness"].to_numpy())
     # Score once; the same sorted scores give the TAR@FAR report and the ROC curve.
-    sorted_scores = SortedScores.from_scores(ijb.ijb_scores(*columns, protocol.pairs, **modes), protocol.labels)
-    metrics = {**verification_report(sorted_scores, cfg.far_targets), "modes": modes}
+    scores = ijb.ijb_scores(*columns, protocol.pairs, **modes)
+    sorted_scores = SortedScores.from_scores(scores, protocol.labels)
+    # The thresholds are what `facekd verify` decides with (one image is a one-image template).
+    metrics = {**verification_report(sorted_scores, cfg.far_targets),
+               **threshold_report(sorted_scores, cfg.far_targets), "modes": modes}
     if protocol.gallery is not None and protocol.probes is not None:
         templates, template_feats = ijb.ijb_template_features(*columns, **modes)
         metrics.update(ijb.ijb_1toN(templates, template_feats, protocol.gallery, protocol.probes,
                                     cfg.fpir_targets, (1, 5, 10)))
-    return metrics, sorted_scores.roc_curve()
+    return metrics, sorted_scores.roc_curve(), _pair_scores(protocol, scores)
+
+
+def _pair_scores(protocol, scores: np.ndarray) -> Any:
+    """The 1:1 pairs with their identity clusters, for the report's bootstrap over identities."""
+    from facekd.evaluation.uncertainty import PairScores, pair_identities
+
+    tables = [t for t in (protocol.gallery, protocol.probes) if t is not None]
+    subject_of = {int(t): int(s) for table in tables
+                  for t, s in zip(table["template_id"], table["subject_id"], strict=True)}
+    return PairScores(pair_identities(protocol.pairs, protocol.labels, subject_of),
+                      np.asarray(protocol.labels, dtype=np.int8), np.asarray(scores, dtype=np.float32))
 
 
 def masked_set(root: Path, embed: Embedder, cfg: EvaluateParams) -> Result:

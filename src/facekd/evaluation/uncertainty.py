@@ -27,6 +27,23 @@ Metric = Callable[[SortedScores], float]  # e.g. lambda s: s.tar_at_far([1e-3])[
 
 
 @dataclass(frozen=True)
+class PairScores:
+    """One model's scored verification pairs with the identity cluster of each side."""
+
+    subjects: np.ndarray  # (P, 2) int identity cluster of each side
+    labels: np.ndarray  # (P,) 1 genuine / 0 impostor
+    scores: np.ndarray  # (P,) similarity
+
+    def save(self, arrays: dict[str, np.ndarray], prefix: str) -> None:
+        arrays.update({f"{prefix}.subjects": self.subjects, f"{prefix}.labels": self.labels,
+                       f"{prefix}.scores": self.scores})
+
+    @classmethod
+    def load(cls, arrays: Mapping[str, np.ndarray], prefix: str) -> PairScores:
+        return cls(*(np.asarray(arrays[f"{prefix}.{part}"]) for part in ("subjects", "labels", "scores")))
+
+
+@dataclass(frozen=True)
 class Interval:
     value: float  # the metric on the original pairs
     low: float

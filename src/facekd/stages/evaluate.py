@@ -1,7 +1,8 @@
 """Stage ``evaluate@<model>``: every benchmark in ``data/eval`` for one model.
 
-Writes ``metrics/eval/<model>.json`` (DVC metrics), ``plots/roc/<model>.json`` (DVC plots,
-one ROC per benchmark) and logs the same numbers and a ROC PNG to the model's MLflow run.
+Writes ``metrics/eval/<model>.json`` (DVC metrics), ``metrics/scores/<model>.npz`` (the scored
+IJB pairs, for the report's intervals), ``plots/roc/<model>.json`` (DVC plots, one ROC per
+benchmark) and logs the same numbers and a ROC PNG to the model's MLflow run.
 Embeddings are cached per model weights + benchmark + content hash of the images embedded, so
 re-scoring does not re-embed, and a benchmark replaced under the same name is embedded afresh.
 """
@@ -14,9 +15,12 @@ import numpy as np
 
 from facekd.config import Params
 from facekd.errors import DataError
-from facekd.fsio import write_json
+from facekd.fsio import atomic_write, write_json
 
 log = logging.getLogger(__name__)
+# Per model, the scored 1:1 pairs of every IJB-style protocol with their identity clusters: the
+# report bootstraps the leaderboard's intervals from them (facekd.evaluation.uncertainty).
+SCORES = Path("metrics/scores")
 
 
 def run(params: Params, model_name: str) -> dict:
@@ -44,14 +48,17 @@ def run(params: Params, model_name: str) -> dict:
                                     lambda: embed_images(model, images, batch_size=params.evaluate.batch_size))
 
     metrics: dict = {"model": model_name, "arch": meta["arch"], "params_m": meta.get("params_m"), "gmacs": meta.get("gmacs")}
-    curves, points = {}, {}
+    curves, points, pairs = {}, {}, {}
     for name, bench in found:
         log.info("%s: %s", model_name, name)
-        metrics[name], roc = bench(embed, params.evaluate)
+        metrics[name], roc, *scored = bench(embed, params.evaluate)
         if roc is not None:
             curves[name] = roc
             points[name] = roc_points(*roc)
+        if scored:
+            scored[0].save(pairs, name)
     write_json(Path("metrics/eval") / f"{model_name}.json", _finite(metrics))
+    atomic_write(SCORES / f"{model_name}.npz", lambda f: np.savez(f, **pairs))
     write_json(Path("plots/roc") / f"{model_name}.json",
                [{"benchmark": b, **p} for b, pts in points.items() for p in pts])
     png = Path("reports/roc") / f"{model_name}.png"

@@ -9,17 +9,19 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from facekd.config import Params
+from facekd.config import BootstrapParams, Params
 from facekd.errors import DataError
 from facekd.fsio import write_text
 
 log = logging.getLogger(__name__)
 
 OUT = Path("reports")
+SCORES = Path("metrics/scores")  # written by the evaluate stage (its SCORES); stages never import each other
 # Headline number per benchmark kind: what the seed papers' tables report.
 HEADLINE = {"bin": ("accuracy",), "ijb": ("tar@far=1e-4", "tar@far=1e-3", "rank1"),
             "mfr": ("tar@far<=1e-4", "tar@lowest_supported_far")}
@@ -44,8 +46,51 @@ def load_metrics(models: tuple[str, ...], root: Path = Path("metrics/eval")) -> 
     return out
 
 
-def leaderboard(metrics: dict[str, dict], gate: str) -> pd.DataFrame:
-    """One row per model: size, every headline metric, gate metric and the teacher gap closed."""
+def gate_study(models: tuple[str, ...], gate: str, cfg: BootstrapParams, root: Path = SCORES) -> Any:
+    """The paired bootstrap of the gate metric over identities (a PairedStudy), or None.
+
+    None when intervals are off, the gate is not a TAR@FAR reading of a benchmark whose scored
+    pairs the evaluate stage saved, or ``none`` was not evaluated (the baseline of the paired test).
+    """
+    from facekd.evaluation.uncertainty import PairScores, paired_study
+
+    bench, _, key = gate.partition(".")
+    if cfg.resamples == 0 or not key.startswith("tar@far=") or "none" not in models:
+        return None
+    far = float(key.removeprefix("tar@far="))
+    pairs = {}
+    for name in models:
+        with np.load(root / f"{name}.npz") as arrays:
+            if f"{bench}.scores" not in arrays:
+                log.info("no intervals: %s has no scored pairs of %s", root / f"{name}.npz", bench)
+                return None
+            pairs[name] = PairScores.load(arrays, bench)
+    first = pairs[models[0]]
+    for name, scored in pairs.items():
+        if not (np.array_equal(scored.labels, first.labels) and np.array_equal(scored.subjects, first.subjects)):
+            raise DataError(f"{root / f'{name}.npz'}: scored on other {bench} pairs than {models[0]}; "
+                            "rerun `dvc repro` so every model is evaluated on the same data")
+    return paired_study(first.subjects, first.labels, {n: p.scores for n, p in pairs.items()},
+                        lambda s: s.tar_at_far([far])[far], baseline="none",
+                        teacher="teacher" if "teacher" in pairs else None, n_resamples=cfg.resamples,
+                        confidence=cfg.confidence, seed=cfg.seed)
+
+
+def _with_intervals(board: pd.DataFrame, study: Any) -> pd.DataFrame:
+    """Interval columns of the gate metric, the paired difference to ``none`` and the gap closed."""
+    rows = {name: {"gate low": study.models[name].low, "gate high": study.models[name].high,
+                   "vs none": study.vs_baseline[name].value, "vs none low": study.vs_baseline[name].low,
+                   "vs none high": study.vs_baseline[name].high,
+                   "significant": study.vs_baseline[name].excludes_zero() and name != "none",
+                   "gap low": study.gap_closed[name].low if name in study.gap_closed else np.nan,
+                   "gap high": study.gap_closed[name].high if name in study.gap_closed else np.nan}
+            for name in board.index}
+    return board.join(pd.DataFrame.from_dict(rows, orient="index"))
+
+
+def leaderboard(metrics: dict[str, dict], gate: str, study: Any = None) -> pd.DataFrame:
+    """One row per model: size, every headline metric, gate metric and the teacher gap closed;
+    with ``study`` (:func:`gate_study`) the gate's intervals and the paired test against ``none``."""
     rows = []
     for name, m in metrics.items():
         row = {"model": name, "params (M)": m.get("params_m"), "GMACs": m.get("gmacs")}
@@ -65,22 +110,59 @@ def leaderboard(metrics: dict[str, dict], gate: str) -> pd.DataFrame:
         gap = teacher - base
         board["gap closed"] = (board[gate_col] - base) / gap if gap else np.nan
         board.loc["teacher", "gap closed"] = np.nan
+    if study is not None:
+        board = _with_intervals(board, study)
     students = board.drop(index="teacher", errors="ignore").sort_values(gate_col, ascending=False)
     return pd.concat([board.loc[["teacher"]] if "teacher" in board.index else None, students])
 
 
-def _markdown(board: pd.DataFrame, gate: str) -> str:
-    shown = board.copy()
+INTERVAL_COLUMNS = ("gate low", "gate high", "vs none", "vs none low", "vs none high", "significant", "gap low",
+                    "gap high")
+
+
+def _pct(value: float, signed: bool = False) -> str:
+    return "" if pd.isna(value) else f"{100 * value:{'+' if signed else ''}.2f}"
+
+
+def _shown(board: pd.DataFrame, gate: str) -> pd.DataFrame:
+    """The leaderboard as people read it: percent, each interval beside its value, a mark where
+    the paired difference to ``none`` is beyond noise."""
+    shown = board.drop(columns=[c for c in INTERVAL_COLUMNS if c in board.columns])
     for col in shown.columns:
         # Rates and the gap as percent; sizes as plain numbers; unsupported operating points blank.
-        fmt = "{:.3f}" if col in ("params (M)", "GMACs") else "{:.2f}"
-        scale = 1 if col in ("params (M)", "GMACs") else 100
-        shown[col] = shown[col].map(lambda v, f=fmt, k=scale: "" if pd.isna(v) else f.format(k * v))
+        if col in ("params (M)", "GMACs"):
+            shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+        else:
+            shown[col] = shown[col].map(_pct)
+    if "gate low" not in board.columns:
+        return shown
+    gate_col = f"gate: {gate}"
+    shown[gate_col] = [f"{_pct(v)} [{_pct(lo)}, {_pct(hi)}]" for v, lo, hi in
+                       zip(board[gate_col], board["gate low"], board["gate high"], strict=True)]
+    shown["vs none (paired)"] = [
+        "" if name in ("none",) else f"{_pct(v, True)} [{_pct(lo, True)}, {_pct(hi, True)}]{' *' if sig else ''}"
+        for name, v, lo, hi, sig in zip(board.index, board["vs none"], board["vs none low"], board["vs none high"],
+                                        board["significant"], strict=True)]
+    if "gap closed" in board.columns:
+        shown["gap closed"] = [_pct(v) if pd.isna(lo) else f"{_pct(v)} [{_pct(lo)}, {_pct(hi)}]" for v, lo, hi in
+                               zip(board["gap closed"], board["gap low"], board["gap high"], strict=True)]
+    return shown
+
+
+def _markdown(board: pd.DataFrame, gate: str, study: Any = None) -> str:
+    intervals = [] if study is None else [
+        f"Brackets: 95% intervals from {study.n_resamples} bootstrap resamples of the {study.identities} evaluation "
+        "identities (each identity's pairs resampled together; every model on the same resamples). "
+        "`vs none (paired)`: the gate metric minus `none`'s on the same resamples; `*` marks a difference whose "
+        "interval excludes 0. Rows without `*` are not shown to differ from `none`, whatever their order; "
+        "two students whose intervals overlap are not ranked by this table. The intervals cover the evaluation "
+        "sample, not training noise (seeds).", ""]
     return "\n".join([
         "# Leaderboard", "",
-        f"Students ranked by the gate metric `{gate}` (percent). `gap closed`: share of the teacher - `none` "
+        f"Students ordered by the gate metric `{gate}` (percent). `gap closed`: share of the teacher - `none` "
         "gap on the gate metric that the method recovers (100 = as good as the teacher).", "",
-        shown.to_markdown(floatfmt=".3f", disable_numparse=True), "",
+        *intervals,
+        _shown(board, gate).to_markdown(disable_numparse=True), "",
         "![gate metric](leaderboard.png)", "", "![ROC](roc_all.png)", "",
     ])
 
@@ -94,8 +176,12 @@ def _bar_chart(board: pd.DataFrame, gate: str, path: Path) -> None:
     fig = Figure(figsize=(8, 4), layout="constrained")
     ax = fig.add_subplot()
     colours = ["#444444" if m == "teacher" else "#999999" if m == "none" else "#2a7ab9" for m in board.index]
-    ax.bar(board.index, 100 * board[col].fillna(0), color=colours)
-    ax.set_ylabel(f"{gate} (%)")
+    values = 100 * board[col].fillna(0)
+    errors = None
+    if "gate low" in board.columns:  # 95% interval as asymmetric error bars
+        errors = np.vstack([values - 100 * board["gate low"], 100 * board["gate high"] - values]).clip(min=0)
+    ax.bar(board.index, values, color=colours, yerr=errors, capsize=3, ecolor="#222222")
+    ax.set_ylabel(f"{gate} (%)" + (", 95% interval" if errors is not None else ""))
     ax.set_title("Teacher, no-KD baseline and each distillation method")
     ax.tick_params(axis="x", rotation=30)
     save_png(fig, path)
@@ -117,8 +203,9 @@ def _roc_all(models: tuple[str, ...], gate: str, path: Path) -> None:
 def run(params: Params) -> pd.DataFrame:
     models = params.evaluate.models
     gate = params.registry.gate_metric
-    board = leaderboard(load_metrics(models), gate)
-    write_text(OUT / "leaderboard.md", _markdown(board, gate))
+    study = gate_study(models, gate, params.evaluate.bootstrap)
+    board = leaderboard(load_metrics(models), gate, study)
+    write_text(OUT / "leaderboard.md", _markdown(board, gate, study))
     write_text(OUT / "leaderboard.html", board.to_html(float_format=lambda v: f"{v:.4f}", na_rep=""))
     _bar_chart(board, gate, OUT / "leaderboard.png")
     _roc_all(models, gate, OUT / "roc_all.png")

@@ -1,0 +1,92 @@
+"""The leaderboard's intervals: evaluate's scored pairs -> report's paired bootstrap (issue 16)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from facekd.config import BootstrapParams, load_params
+from facekd.errors import DataError
+from facekd.evaluation.uncertainty import PairScores
+from facekd.stages import report
+
+ROOT = Path(__file__).resolve().parents[2]
+MODELS = ("teacher", "none", "good", "same")
+
+
+def _write_run(root: Path, n_ids: int = 300, shifts=None) -> None:
+    """metrics/eval/*.json and metrics/scores/*.npz as the evaluate stage leaves them."""
+    rng = np.random.default_rng(0)
+    genuine = np.stack([np.repeat(np.arange(n_ids), 3)] * 2, axis=1)
+    impostor = rng.integers(0, n_ids, (40 * n_ids, 2))
+    impostor = impostor[impostor[:, 0] != impostor[:, 1]]
+    subjects = np.concatenate([genuine, impostor])
+    labels = np.r_[np.ones(len(genuine)), np.zeros(len(impostor))].astype(np.int8)
+    hard = rng.normal(0, 0.7, n_ids)[subjects[:, 0]]
+    noise = rng.normal(size=len(labels))
+    shifts = shifts or {"teacher": 3.0, "none": 1.5, "good": 2.5, "same": 1.5}
+    made: dict[str, np.ndarray] = {}
+    for name in MODELS:
+        jitter = 0.01 * rng.normal(size=len(labels))
+        scores = made["none"] if name == "same" else (labels * (shifts[name] + hard) + noise + jitter).astype(np.float32)
+        made[name] = scores
+        arrays: dict = {}
+        PairScores(subjects, labels, scores).save(arrays, "ijb")
+        (root / "metrics/scores").mkdir(parents=True, exist_ok=True)
+        np.savez(root / "metrics/scores" / f"{name}.npz", **arrays)
+        from facekd.evaluation.metrics import SortedScores
+
+        tar = SortedScores.from_scores(scores, labels).tar_at_far([1e-3])[1e-3]
+        (root / "metrics/eval").mkdir(parents=True, exist_ok=True)
+        (root / "metrics/eval" / f"{name}.json").write_text(json.dumps(
+            {"model": name, "params_m": 1.0, "gmacs": 0.1, "ijb": {"tar@far=1e-3": tar, "rank1": 0.5}}))
+    (root / "plots/roc").mkdir(parents=True, exist_ok=True)
+    for name in MODELS:
+        (root / "plots/roc" / f"{name}.json").write_text(json.dumps([{"benchmark": "ijb", "fpr": 0.0, "tpr": 0.0},
+                                                                      {"benchmark": "ijb", "fpr": 1.0, "tpr": 1.0}]))
+
+
+def _params(resamples: int = 200):
+    params = load_params(ROOT / "params.yaml")
+    evaluate = params.evaluate.model_copy(update={"models": MODELS,
+                                                  "bootstrap": BootstrapParams(resamples=resamples)})
+    return params.model_copy(update={"evaluate": evaluate})
+
+
+def test_leaderboard_carries_intervals_and_marks_only_real_gains(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write_run(tmp_path)
+    board = report.run(_params())
+    assert board.loc["good", "significant"] and not board.loc["same", "significant"]
+    for name in MODELS:
+        assert board.loc[name, "gate low"] <= board.loc[name, "gate: ijb.tar@far=1e-3"] <= board.loc[name, "gate high"]
+    assert board.loc["same", "vs none"] == 0.0
+    md = (tmp_path / "reports/leaderboard.md").read_text()
+    assert "95% intervals from 200 bootstrap resamples of the 300 evaluation identities" in md
+    good_row = next(line for line in md.splitlines() if line.startswith("| good"))
+    same_row = next(line for line in md.splitlines() if line.startswith("| same"))
+    assert good_row.count("[") == 3 and " *" in good_row
+    assert " *" not in same_row
+    assert (tmp_path / "reports/leaderboard.png").stat().st_size > 0
+
+
+def test_no_intervals_when_turned_off(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write_run(tmp_path, n_ids=60)
+    board = report.run(_params(resamples=0))
+    assert "gate low" not in board.columns
+    assert "bootstrap" not in (tmp_path / "reports/leaderboard.md").read_text()
+
+
+def test_models_scored_on_different_pairs_are_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write_run(tmp_path, n_ids=60)
+    with np.load(tmp_path / "metrics/scores/good.npz") as arrays:
+        changed = dict(arrays)
+    changed["ijb.labels"] = changed["ijb.labels"].copy()
+    changed["ijb.labels"][-1] = 1 - changed["ijb.labels"][-1]
+    np.savez(tmp_path / "metrics/scores/good.npz", **changed)
+    with pytest.raises(DataError, match="good.npz: scored on other ijb pairs than teacher"):
+        report.run(_params())
