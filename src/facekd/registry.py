@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -177,6 +178,53 @@ def select_best(model_names: list[str] | tuple[str, ...], gate_metric: str) -> s
     return ranked[0]
 
 
+@dataclass(frozen=True)
+class Selection:
+    """Which student to register and why; the gate's 95% interval when the scores allow one."""
+
+    model: str
+    reason: str
+    gate_low: float | None = None
+    gate_high: float | None = None
+
+    def record(self) -> dict[str, Any]:
+        return {"model": self.model, "reason": self.reason, "gate_low": self.gate_low, "gate_high": self.gate_high}
+
+
+def select_beyond_noise(students: list[str] | tuple[str, ...], gate_metric: str, bootstrap: Any) -> Selection:
+    """The best student by the gate metric, unless others are within noise of it: then the smallest
+    of those (fewest parameters), since the data cannot tell them apart.
+
+    "Within noise": the paired 95% interval of (student - best) over resampled evaluation identities
+    includes 0 (:func:`facekd.evaluation.uncertainty.gate_study`, ``evaluate.bootstrap``).
+    """
+    from facekd.evaluation.uncertainty import gate_study
+
+    best = select_best(students, gate_metric)
+    pool = tuple(name for name in students if name != "teacher")
+    study = gate_study(pool, gate_metric, bootstrap, baseline=best) if len(pool) > 1 else None
+    if study is None:
+        return Selection(best, f"highest {gate_metric} (no interval: no scored pairs or intervals off)")
+    tied = [name for name in pool if name != best and not study.vs_baseline[name].excludes_zero()]
+    chosen = min([best, *tied], key=lambda name: (_params_m(name), name != best))
+    interval = study.models[chosen]
+    conf = f"{bootstrap.confidence:.0%}"
+    if not tied:
+        reason = f"highest {gate_metric}, above every other student beyond noise (paired {conf} intervals)"
+    elif chosen == best:
+        reason = (f"highest {gate_metric}; within noise of it (paired {conf} intervals include 0): "
+                  f"{', '.join(tied)}; it is also the smallest of them")
+    else:
+        reason = (f"within noise of the highest, {best} (paired {conf} interval of the difference includes 0), "
+                  f"and the smallest of {', '.join(sorted([best, *tied]))}")
+    return Selection(chosen, reason, interval.low, interval.high)
+
+
+def _params_m(name: str) -> float:
+    value = read_eval_metrics(name).get("params_m")
+    return float(value) if isinstance(value, (int, float)) else float("inf")
+
+
 # --- registration ---------------------------------------------------------------------------------
 
 
@@ -194,6 +242,7 @@ class Candidate:
     gate_value: float
     meta: dict[str, Any]
     operating_point: dict[str, Any]
+    selection: Selection | None = None
 
     @property
     def checks_passed(self) -> bool:
@@ -310,6 +359,10 @@ def _version_tags(cand: Candidate) -> dict[str, str]:
         "params_m": str(cand.meta.get("params_m", cand.metrics.get("params_m"))),
         "verify_far": repr(cand.operating_point["far"]),
         "verify_threshold": repr(cand.operating_point["threshold"]),
+        # the promotion gate's noise bound: the gate metric's 95% lower bound (absent: none known)
+        **({"gate_low": repr(cand.selection.gate_low), "gate_high": repr(cand.selection.gate_high)}
+           if cand.selection is not None and cand.selection.gate_low is not None else {}),
+        **({"selection": cand.selection.reason[:5000]} if cand.selection is not None else {}),
     }
 
 
@@ -423,12 +476,15 @@ def _refresh_tags(client: MlflowClient, name: str, version: ModelVersion, cand: 
             client.set_model_version_tag(name, version.version, key, value)
 
 
-def register_candidate(params: Params, model_name: str) -> dict[str, Any]:
-    """Register ``model_name``'s exported ONNX as alias ``candidate``; writes ``reports/registry.json``."""
+def register_candidate(params: Params, model_name: str, selection: Selection | None = None) -> dict[str, Any]:
+    """Register ``model_name``'s exported ONNX as alias ``candidate``; writes ``reports/registry.json``
+    (with why it was chosen, ``selection``)."""
+    import dataclasses
+
     from facekd.export.model_card import render_markdown
     from facekd.tracking import git_commit
 
-    cand = gather_candidate(params, model_name)
+    cand = dataclasses.replace(gather_candidate(params, model_name), selection=selection)
     card = _model_card(params, cand, git_commit())
     name = params.registry.model_name
     with open_registry(params) as client:
@@ -451,6 +507,7 @@ def register_candidate(params: Params, model_name: str) -> dict[str, Any]:
         "onnx_sha256": cand.onnx_sha256,
         "export_checks_passed": cand.checks_passed,
         "tracking_uri": tracking_uri(params),
+        "selection": selection.record() if selection is not None else None,
     }
     # The file leaves out "reused" so an unchanged registration rewrites identical bytes (DVC output).
     write_json(REGISTRY_REPORT, {k: v for k, v in result.items() if k != "reused"})
@@ -496,11 +553,29 @@ def decide(candidate: ModelVersion, champion: ModelVersion | None, metric: str, 
         return Decision(False, f"candidate version {candidate.version} was rolled back at {when}; register a new model")
     if champion is None:
         return Decision(True, f"no champion yet; candidate {metric} = {value:.6g}")
-    delta = value - version_metric(champion, metric, role="champion")
-    verdict = "beats" if delta > min_improvement else "does not beat"
-    reason = (f"candidate version {candidate.version} {verdict} champion version {champion.version} on {metric}: "
-              f"delta {delta:+.6g}, needs > {min_improvement:g}")
-    return Decision(delta > min_improvement, reason, delta)
+    champion_value = version_metric(champion, metric, role="champion")
+    delta = value - champion_value
+    low = _float_tag(candidate, "gate_low")
+    if low is None:  # registered without intervals: the point values decide
+        verdict = "beats" if delta > min_improvement else "does not beat"
+        reason = (f"candidate version {candidate.version} {verdict} champion version {champion.version} on {metric}: "
+                  f"delta {delta:+.6g}, needs > {min_improvement:g} (no interval recorded)")
+        return Decision(delta > min_improvement, reason, delta)
+    # Beyond noise: even the low end of the candidate's 95% interval clears the champion's value.
+    margin = low - champion_value
+    verdict = "beats" if margin > min_improvement else "does not beat"
+    reason = (f"candidate version {candidate.version} {verdict} champion version {champion.version} on {metric} "
+              f"beyond noise: delta {delta:+.6g}, its 95% lower bound {low:.6g} is {margin:+.6g} from the "
+              f"champion's {champion_value:.6g}, needs > {min_improvement:g}")
+    return Decision(margin > min_improvement, reason, delta)
+
+
+def _float_tag(version: ModelVersion, key: str) -> float | None:
+    try:
+        value = float(version.tags[key])
+    except (KeyError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _append_history(client: MlflowClient, name: str, tags: dict[str, str], event: dict[str, Any]) -> None:

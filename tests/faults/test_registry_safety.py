@@ -1,5 +1,5 @@
 """Property 7: promotion never moves `champion` to a model with missing metrics, a worse (or not
-better enough) gate metric, or failed export checks.
+better enough, or better only within noise) gate metric, or failed export checks.
 
 A seeded loop of random champion/candidate pairs against one real SQLite MLflow store: each case
 registers the versions as `facekd register` tags them, points the aliases, runs the real
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.slow
 
 NAME = "facekd-safety"
 METRIC = "ijb.tar@far=1e-4"
-CASES = 20
+CASES = 30
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +46,12 @@ def _metrics(value: float | None) -> dict:
     return {"model": "x", "params_m": 0.3, "synth_lfw": {"accuracy": 0.8}, "ijb": ijb}
 
 
-def _version(client, model: str, value: float | None, checks: str | None) -> str:
+def _version(client, model: str, value: float | None, checks: str | None, low: float | None = None) -> str:
     tags = {"model": model, "eval_metrics": json.dumps(_metrics(value)), "gate_metric": METRIC}
     if checks is not None:
         tags["export_checks_passed"] = checks
+    if low is not None:  # registered with the gate metric's 95% interval (facekd register)
+        tags["gate_low"] = repr(low)
     return str(client.create_model_version(NAME, source=f"file:///nowhere/{model}", tags=tags).version)
 
 
@@ -71,8 +73,11 @@ def _draw(rng: np.random.Generator) -> dict:
     base = 0.7 if champion is None or math.isnan(champion) else champion
     candidate = None if rng.random() < 0.15 else base + delta
     checks = [None, "false", "true", "true", "true"][int(rng.integers(5))]
+    low = None
+    if candidate is not None and rng.random() < 0.5:  # an interval below the value, narrow or wide
+        low = candidate - float(rng.choice([0.0, 0.004, 0.03, 0.2]))
     return {"champion": champion, "candidate": candidate, "checks": checks,
-            "tol": float(rng.choice([0.0, 0.01]))}
+            "tol": float(rng.choice([0.0, 0.01])), "low": low}
 
 
 def _expected(case: dict) -> bool:
@@ -84,6 +89,8 @@ def _expected(case: dict) -> bool:
         return True
     if math.isnan(case["champion"]):
         return False
+    if case["low"] is not None:  # beyond noise: the interval's low end clears the champion
+        return case["low"] - case["champion"] > case["tol"]
     return case["candidate"] - case["champion"] > case["tol"]
 
 
@@ -102,7 +109,7 @@ def test_promotion_rule_over_random_pairs(store) -> None:
             champ_value = None if math.isnan(case["champion"]) else case["champion"]
             client.set_registered_model_alias(NAME, "champion", _version(client, f"champ{i}", champ_value, "true"))
         before = _alias(client, "champion")
-        cand = _version(client, f"cand{i}", case["candidate"], case["checks"])
+        cand = _version(client, f"cand{i}", case["candidate"], case["checks"], case["low"])
         client.set_registered_model_alias(NAME, "candidate", cand)
         params = parse_params({"registry": {"model_name": NAME, "gate_metric": METRIC, "min_improvement": case["tol"]}})
         try:
@@ -120,6 +127,22 @@ def test_promotion_rule_over_random_pairs(store) -> None:
             assert tags["previous_champion"] == (before or "none")
         outcomes["refused" if promoted is None else "promoted" if promoted else "kept"] += 1
     assert all(outcomes.values()), f"the random cases did not cover every outcome: {outcomes}"
+
+
+def test_a_candidate_better_only_within_noise_is_kept_out(store) -> None:
+    from facekd.registry import promote
+
+    _, client = store
+    client.set_registered_model_alias(NAME, "champion", _version(client, "champ-noise", 0.60, "true"))
+    params = parse_params({"registry": {"model_name": NAME, "gate_metric": METRIC, "min_improvement": 0.0}})
+    within = _version(client, "cand-within", 0.64, "true", low=0.55)  # +4 points, interval reaches below
+    client.set_registered_model_alias(NAME, "candidate", within)
+    result = promote(params)
+    assert not result["promoted"] and "does not beat" in result["reason"] and "beyond noise" in result["reason"]
+    assert "lower bound 0.55" in result["reason"]
+    beyond = _version(client, "cand-beyond", 0.70, "true", low=0.63)
+    client.set_registered_model_alias(NAME, "candidate", beyond)
+    assert promote(params)["promoted"] and _alias(client, "champion") == beyond
 
 
 def test_cli_refuses_failed_export_and_keeps_champion(store, tmp_path: Path) -> None:

@@ -109,7 +109,8 @@ def test_register_twice_is_one_version(workspace):
     assert again["reused"] and again["version"] == first["version"]
     assert len(client().search_model_versions("name='reg-idem'")) == 1
     assert alias_version("reg-idem", "candidate") == first["version"]
-    assert json.loads(Path("reports/registry.json").read_text()) == {k: v for k, v in first.items() if k != "reused"}
+    assert json.loads(Path("reports/registry.json").read_text()) == {k: v for k, v in again.items() if k != "reused"}
+    assert first["selection"]["model"] == "feature" and "highest ijb.tar@far=1e-4" in first["selection"]["reason"]
     sha = hashlib.sha256(Path("exports/feature.onnx").read_bytes()).hexdigest()
     version = client().get_model_version("reg-idem", first["version"])
     assert version.tags["onnx_sha256"] == sha == first["onnx_sha256"]

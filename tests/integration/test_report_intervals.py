@@ -90,3 +90,27 @@ def test_models_scored_on_different_pairs_are_refused(tmp_path, monkeypatch):
     np.savez(tmp_path / "metrics/scores/good.npz", **changed)
     with pytest.raises(DataError, match="good.npz: scored on other ijb pairs than teacher"):
         report.run(_params())
+
+
+def _set_params_m(root: Path, name: str, value: float) -> None:
+    path = root / "metrics/eval" / f"{name}.json"
+    metrics = json.loads(path.read_text())
+    path.write_text(json.dumps({**metrics, "params_m": value}))
+
+
+def test_register_chooses_among_students_within_noise_the_smallest(tmp_path, monkeypatch):
+    from facekd.registry import select_beyond_noise
+
+    monkeypatch.chdir(tmp_path)
+    # "same" scores exactly like "none": a tie by construction; "good" is clearly better than both
+    _write_run(tmp_path)
+    cfg = BootstrapParams(resamples=200)
+    clear = select_beyond_noise(["none", "good", "same"], "ijb.tar@far=1e-3", cfg)
+    assert clear.model == "good" and "beyond noise" in clear.reason
+    assert clear.gate_low < 0.31 < clear.gate_high
+    _write_run(tmp_path, shifts={"teacher": 3.0, "none": 1.5, "good": 1.5, "same": 1.5})
+    _set_params_m(tmp_path, "same", 0.5)  # the smaller of two students the data cannot tell apart
+    tied = select_beyond_noise(["none", "same", "teacher"], "ijb.tar@far=1e-3", cfg)
+    assert tied.model == "same" and "smallest" in tied.reason and "none" in tied.reason
+    off = select_beyond_noise(["none", "good"], "ijb.tar@far=1e-3", BootstrapParams(resamples=0))
+    assert off.gate_low is None and "no interval" in off.reason

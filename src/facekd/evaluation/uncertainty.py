@@ -15,15 +15,26 @@ the models' shared hard identities do not widen. Resampling is scipy's ``stats.b
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from facekd.errors import DataError
 from facekd.evaluation.metrics import SortedScores
 
+if TYPE_CHECKING:
+    from facekd.config import BootstrapParams
+
+log = logging.getLogger(__name__)
+
 Metric = Callable[[SortedScores], float]  # e.g. lambda s: s.tar_at_far([1e-3])[1e-3]
+# Per model, the scored 1:1 pairs of every IJB-style protocol with their identity clusters (written
+# by the evaluate stage; read by the report and the register stages).
+SCORES = Path("metrics/scores")
 
 
 @dataclass(frozen=True)
@@ -200,3 +211,35 @@ def _percentiles(dist: np.ndarray, confidence: float) -> tuple[np.ndarray, np.nd
     tail = (1.0 - confidence) / 2.0 * 100.0
     with np.errstate(all="ignore"):
         return np.nanpercentile(dist, tail, axis=1), np.nanpercentile(dist, 100.0 - tail, axis=1)
+
+
+def gate_study(models: tuple[str, ...], gate: str, cfg: BootstrapParams, baseline: str = "none",
+               root: Path = SCORES) -> PairedStudy | None:
+    """The paired bootstrap of the gate metric over identities (a PairedStudy), or None.
+
+    None when intervals are off, the gate is not a TAR@FAR reading of a benchmark whose scored
+    pairs the evaluate stage saved, or ``baseline`` was not evaluated. The teacher (when evaluated) anchors the gap closed.
+    """
+    bench, _, key = gate.partition(".")
+    if cfg.resamples == 0 or not key.startswith("tar@far=") or baseline not in models:
+        return None
+    far = float(key.removeprefix("tar@far="))
+    pairs = {}
+    for name in models:
+        if not (root / f"{name}.npz").is_file():  # evaluated before facekd saved scored pairs
+            log.info("no intervals: %s is missing; rerun `dvc repro evaluate@%s`", root / f"{name}.npz", name)
+            return None
+        with np.load(root / f"{name}.npz") as arrays:
+            if f"{bench}.scores" not in arrays:
+                log.info("no intervals: %s has no scored pairs of %s", root / f"{name}.npz", bench)
+                return None
+            pairs[name] = PairScores.load(arrays, bench)
+    first = pairs[models[0]]
+    for name, scored in pairs.items():
+        if not (np.array_equal(scored.labels, first.labels) and np.array_equal(scored.subjects, first.subjects)):
+            raise DataError(f"{root / f'{name}.npz'}: scored on other {bench} pairs than {models[0]}; "
+                            "rerun `dvc repro` so every model is evaluated on the same data")
+    return paired_study(first.subjects, first.labels, {n: p.scores for n, p in pairs.items()},
+                        lambda s: s.tar_at_far([far])[far], baseline=baseline,
+                        teacher="teacher" if "teacher" in pairs else None, n_resamples=cfg.resamples,
+                        confidence=cfg.confidence, seed=cfg.seed)

@@ -18,9 +18,6 @@ from facekd.errors import DataError
 from facekd.fsio import atomic_write, write_json
 
 log = logging.getLogger(__name__)
-# Per model, the scored 1:1 pairs of every IJB-style protocol with their identity clusters: the
-# report bootstraps the leaderboard's intervals from them (facekd.evaluation.uncertainty).
-SCORES = Path("metrics/scores")
 
 
 def run(params: Params, model_name: str) -> dict:
@@ -29,6 +26,7 @@ def run(params: Params, model_name: str) -> dict:
     from facekd.evaluation.benchmarks import benchmarks
     from facekd.evaluation.embed import EmbeddingCache, checkpoint_hash, embed_images
     from facekd.evaluation.plots import roc_figure, roc_points, save_png
+    from facekd.evaluation.uncertainty import SCORES
     from facekd.models.store import load_backbone, model_dir
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -58,7 +56,7 @@ def run(params: Params, model_name: str) -> dict:
         if scored:
             scored[0].save(pairs, name)
     write_json(Path("metrics/eval") / f"{model_name}.json", _finite(metrics))
-    atomic_write(SCORES / f"{model_name}.npz", lambda f: np.savez(f, **pairs))
+    atomic_write(SCORES / f"{model_name}.npz", lambda f: np.savez(f, **pairs))  # the report's intervals
     write_json(Path("plots/roc") / f"{model_name}.json",
                [{"benchmark": b, **p} for b, pts in points.items() for p in pts])
     png = Path("reports/roc") / f"{model_name}.png"

@@ -14,14 +14,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from facekd.config import BootstrapParams, Params
+from facekd.config import Params
 from facekd.errors import DataError
 from facekd.fsio import write_text
 
 log = logging.getLogger(__name__)
 
 OUT = Path("reports")
-SCORES = Path("metrics/scores")  # written by the evaluate stage (its SCORES); stages never import each other
 # Headline number per benchmark kind: what the seed papers' tables report.
 HEADLINE = {"bin": ("accuracy",), "ijb": ("tar@far=1e-4", "tar@far=1e-3", "rank1"),
             "mfr": ("tar@far<=1e-4", "tar@lowest_supported_far")}
@@ -44,36 +43,6 @@ def load_metrics(models: tuple[str, ...], root: Path = Path("metrics/eval")) -> 
             raise DataError(f"{path}: missing; run `dvc repro evaluate@{name}` first")
         out[name] = json.loads(path.read_text())
     return out
-
-
-def gate_study(models: tuple[str, ...], gate: str, cfg: BootstrapParams, root: Path = SCORES) -> Any:
-    """The paired bootstrap of the gate metric over identities (a PairedStudy), or None.
-
-    None when intervals are off, the gate is not a TAR@FAR reading of a benchmark whose scored
-    pairs the evaluate stage saved, or ``none`` was not evaluated (the baseline of the paired test).
-    """
-    from facekd.evaluation.uncertainty import PairScores, paired_study
-
-    bench, _, key = gate.partition(".")
-    if cfg.resamples == 0 or not key.startswith("tar@far=") or "none" not in models:
-        return None
-    far = float(key.removeprefix("tar@far="))
-    pairs = {}
-    for name in models:
-        with np.load(root / f"{name}.npz") as arrays:
-            if f"{bench}.scores" not in arrays:
-                log.info("no intervals: %s has no scored pairs of %s", root / f"{name}.npz", bench)
-                return None
-            pairs[name] = PairScores.load(arrays, bench)
-    first = pairs[models[0]]
-    for name, scored in pairs.items():
-        if not (np.array_equal(scored.labels, first.labels) and np.array_equal(scored.subjects, first.subjects)):
-            raise DataError(f"{root / f'{name}.npz'}: scored on other {bench} pairs than {models[0]}; "
-                            "rerun `dvc repro` so every model is evaluated on the same data")
-    return paired_study(first.subjects, first.labels, {n: p.scores for n, p in pairs.items()},
-                        lambda s: s.tar_at_far([far])[far], baseline="none",
-                        teacher="teacher" if "teacher" in pairs else None, n_resamples=cfg.resamples,
-                        confidence=cfg.confidence, seed=cfg.seed)
 
 
 def _with_intervals(board: pd.DataFrame, study: Any) -> pd.DataFrame:
@@ -203,6 +172,8 @@ def _roc_all(models: tuple[str, ...], gate: str, path: Path) -> None:
 def run(params: Params) -> pd.DataFrame:
     models = params.evaluate.models
     gate = params.registry.gate_metric
+    from facekd.evaluation.uncertainty import gate_study
+
     study = gate_study(models, gate, params.evaluate.bootstrap)
     board = leaderboard(load_metrics(models), gate, study)
     write_text(OUT / "leaderboard.md", _markdown(board, gate, study))
