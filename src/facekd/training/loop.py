@@ -439,6 +439,20 @@ class Trainer:
             seed_everything(_derived_seed(self.seed, self.dist.rank, self.step) % 2**32)
         log.info("resumed %s from step %d of %d", self.run_dir, self.step, self.plan.total_steps)
 
+    def _restore_checked(self, state: dict[str, Any]) -> None:
+        """:meth:`restore`, with a forged or foreign checkpoint (wrong shapes, keys or types, a step
+        outside the run) reported as one TrainingError naming the folder instead of a traceback."""
+        step = state.get("step")
+        if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= self.plan.total_steps:
+            raise TrainingError(f"{self.run_dir}: checkpoint step {step!r} is not a whole number in "
+                                f"[0, {self.plan.total_steps}]; delete {self.run_dir}/ to start over")
+        try:
+            self.restore(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+            reason = str(err).splitlines()[0][:300] if str(err) else type(err).__name__
+            raise TrainingError(f"{self.run_dir}: checkpoint does not fit this run ({reason}); "
+                                f"delete {self.run_dir}/ to start over") from None
+
     def _resume_threads(self, saved: Any) -> None:
         """Under ``threads: auto``, go on with the thread count the run started with: the count
         changes some kernels' summation order, and a resumed run should stay bit-identical."""
@@ -467,7 +481,7 @@ class Trainer:
             state = None
         if state is not None:
             ckpt.check_config(state, self.config, self.run_dir)
-            self.restore(state)
+            self._restore_checked(state)
         else:
             seed_everything(_derived_seed(self.seed, self.dist.rank, 0) % 2**32)
         if not self.objective_synced:
