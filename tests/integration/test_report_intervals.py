@@ -114,3 +114,15 @@ def test_register_chooses_among_students_within_noise_the_smallest(tmp_path, mon
     assert tied.model == "same" and "smallest" in tied.reason and "none" in tied.reason
     off = select_beyond_noise(["none", "good"], "ijb.tar@far=1e-3", BootstrapParams(resamples=0))
     assert off.gate_low is None and "no interval" in off.reason
+
+
+def test_html_page_is_one_offline_file_with_the_table_and_plots(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write_run(tmp_path, n_ids=60)
+    report.run(_params(resamples=50))
+    page = (tmp_path / "reports/leaderboard.html").read_text()
+    assert page.startswith("<!DOCTYPE html>") and "<title>facekd leaderboard</title>" in page
+    assert page.count('src="data:image/png;base64,') == 2 and "http" not in page  # nothing to fetch
+    assert "None" not in page and "nan" not in page.lower()
+    assert "<code>vs none (paired)</code>" in page and "<th>gate: ijb.tar@far=1e-3</th>" in page
+    assert ">teacher<" in page and "%" not in page.split("<table")[1].split("</table>")[0]  # percent, no signs

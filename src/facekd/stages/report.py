@@ -51,8 +51,9 @@ def _with_intervals(board: pd.DataFrame, study: Any) -> pd.DataFrame:
                    "vs none": study.vs_baseline[name].value, "vs none low": study.vs_baseline[name].low,
                    "vs none high": study.vs_baseline[name].high,
                    "significant": study.vs_baseline[name].excludes_zero() and name != "none",
-                   "gap low": study.gap_closed[name].low if name in study.gap_closed else np.nan,
-                   "gap high": study.gap_closed[name].high if name in study.gap_closed else np.nan}
+                   # the teacher closes its own gap by definition: no interval to show
+                   "gap low": study.gap_closed[name].low if name in study.gap_closed and name != "teacher" else np.nan,
+                   "gap high": study.gap_closed[name].high if name in study.gap_closed and name != "teacher" else np.nan}
             for name in board.index}
     return board.join(pd.DataFrame.from_dict(rows, orient="index"))
 
@@ -118,21 +119,68 @@ def _shown(board: pd.DataFrame, gate: str) -> pd.DataFrame:
     return shown
 
 
+def _explanation(gate: str, study: Any) -> list[str]:
+    """The paragraphs above the table (markdown inline code in backticks)."""
+    text = [f"Students ordered by the gate metric `{gate}` (percent). `gap closed`: share of the teacher - `none` "
+            "gap on the gate metric that the method recovers (100 = as good as the teacher)."]
+    if study is not None:
+        text.append(
+            f"Brackets: 95% intervals from {study.n_resamples} bootstrap resamples of the {study.identities} "
+            "evaluation identities (each identity's pairs resampled together; every model on the same resamples). "
+            "`vs none (paired)`: the gate metric minus `none`'s on the same resamples; `*` marks a difference whose "
+            "interval excludes 0. Rows without `*` are not shown to differ from `none`, whatever their order; "
+            "two students whose intervals overlap are not ranked by this table. The intervals cover the "
+            "evaluation sample, not training noise (seeds).")
+    return text
+
+
 def _markdown(board: pd.DataFrame, gate: str, study: Any = None) -> str:
-    intervals = [] if study is None else [
-        f"Brackets: 95% intervals from {study.n_resamples} bootstrap resamples of the {study.identities} evaluation "
-        "identities (each identity's pairs resampled together; every model on the same resamples). "
-        "`vs none (paired)`: the gate metric minus `none`'s on the same resamples; `*` marks a difference whose "
-        "interval excludes 0. Rows without `*` are not shown to differ from `none`, whatever their order; "
-        "two students whose intervals overlap are not ranked by this table. The intervals cover the evaluation "
-        "sample, not training noise (seeds).", ""]
+    paragraphs = [line for paragraph in _explanation(gate, study) for line in (paragraph, "")]
     return "\n".join([
-        "# Leaderboard", "",
-        f"Students ordered by the gate metric `{gate}` (percent). `gap closed`: share of the teacher - `none` "
-        "gap on the gate metric that the method recovers (100 = as good as the teacher).", "",
-        *intervals,
+        "# Leaderboard", "", *paragraphs,
         _shown(board, gate).to_markdown(disable_numparse=True), "",
         "![gate metric](leaderboard.png)", "", "![ROC](roc_all.png)", "",
+    ])
+
+
+PAGE_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222; margin: 2rem auto;
+       max-width: 1200px; padding: 0 1rem; }
+h1 { font-size: 1.6rem; margin-bottom: .3rem; } h2 { font-size: 1.15rem; margin-top: 2rem; }
+p.note { color: #444; max-width: 62rem; line-height: 1.45; }
+code { background: #f3f3f3; padding: 0 .25rem; border-radius: 3px; }
+table { border-collapse: collapse; font-size: .88rem; margin-top: 1rem; }
+th, td { padding: .35rem .7rem; border-bottom: 1px solid #e2e2e2; text-align: right; white-space: nowrap; }
+th { background: #f7f7f7; border-bottom: 2px solid #ccc; } th:first-child, td:first-child { text-align: left; }
+tbody tr:first-child td { color: #555; font-style: italic; } tbody tr:hover { background: #f5f9fd; }
+img { max-width: 100%; border: 1px solid #eee; }
+"""
+
+
+def _code(text: str) -> str:
+    """HTML of a paragraph whose `backticks` mark inline code."""
+    import html
+    import re
+
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text, quote=False))
+
+
+def _png_data(path: Path) -> str:
+    import base64
+
+    return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _html(board: pd.DataFrame, gate: str, study: Any, images: dict[str, Path]) -> str:
+    """A page to send to a colleague: one file, offline (plots inline), the same table as the .md."""
+    table = _shown(board, gate).rename_axis("model").reset_index().to_html(index=False, border=0, escape=True)
+    figures = [f'<h2>{title}</h2>\n<img alt="{title}" src="{_png_data(path)}">' for title, path in images.items()]
+    return "\n".join([
+        "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
+        "<title>facekd leaderboard</title>", f"<style>{PAGE_STYLE}</style>", "</head>", "<body>",
+        "<h1>facekd leaderboard</h1>",
+        *(f'<p class="note">{_code(paragraph)}</p>' for paragraph in _explanation(gate, study)),
+        table, *figures, "</body>", "</html>", "",
     ])
 
 
@@ -170,15 +218,16 @@ def _roc_all(models: tuple[str, ...], gate: str, path: Path) -> None:
 
 
 def run(params: Params) -> pd.DataFrame:
-    models = params.evaluate.models
-    gate = params.registry.gate_metric
     from facekd.evaluation.uncertainty import gate_study
 
+    models = params.evaluate.models
+    gate = params.registry.gate_metric
     study = gate_study(models, gate, params.evaluate.bootstrap)
     board = leaderboard(load_metrics(models), gate, study)
     write_text(OUT / "leaderboard.md", _markdown(board, gate, study))
-    write_text(OUT / "leaderboard.html", board.to_html(float_format=lambda v: f"{v:.4f}", na_rep=""))
     _bar_chart(board, gate, OUT / "leaderboard.png")
     _roc_all(models, gate, OUT / "roc_all.png")
+    images = {"Gate metric per model": OUT / "leaderboard.png", f"ROC on {gate.split('.', 1)[0]}": OUT / "roc_all.png"}
+    write_text(OUT / "leaderboard.html", _html(board, gate, study, images))
     log.info("leaderboard:\n%s", board.to_string(float_format=lambda v: f"{v:.4f}"))
     return board
