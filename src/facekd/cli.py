@@ -283,11 +283,11 @@ def info(ctx: click.Context) -> None:
 @cli.command()
 def summary() -> None:
     """Print the newest pipeline result: the leaderboard, else the data validation summary."""
-    for path in (Path("reports/leaderboard.md"), Path("reports/validation.md")):
+    for path in (Path("reports/leaderboard.txt"), Path("reports/validation.md")):
         if path.is_file():
             click.echo(path.read_text())
             return
-    raise FacekdError("no result yet: run `dvc repro` first (reports/leaderboard.md is written by the report stage)")
+    raise FacekdError("no result yet: run `dvc repro` first (reports/leaderboard.txt is written by the report stage)")
 
 
 def main() -> None:

@@ -126,3 +126,12 @@ def test_html_page_is_one_offline_file_with_the_table_and_plots(tmp_path, monkey
     assert "None" not in page and "nan" not in page.lower()
     assert "<code>vs none (paired)</code>" in page and "<th>gate: ijb.tar@far=1e-3</th>" in page
     assert ">teacher<" in page and "%" not in page.split("<table")[1].split("</table>")[0]  # percent, no signs
+
+
+def test_terminal_table_fits_a_screen(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write_run(tmp_path, n_ids=60)
+    report.run(_params(resamples=50))
+    text = (tmp_path / "reports/leaderboard.txt").read_text()
+    assert max(len(line) for line in text.splitlines()) <= 120 and "](" not in text  # no image links
+    assert "vs none (paired)" in text and "good" in text and "[" in text

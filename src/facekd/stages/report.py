@@ -2,7 +2,8 @@
 
 Reads ``metrics/eval/*.json`` and ``plots/roc/*.json``; writes ``reports/leaderboard.md``,
 ``reports/leaderboard.html``, ``reports/leaderboard.png`` (gate metric per model, bars) and
-``reports/roc_all.png`` (IJB-style ROC of every model).
+``reports/roc_all.png`` (IJB-style ROC of every model) and ``reports/leaderboard.txt`` (the
+columns that fit a terminal, which ``facekd summary`` prints).
 """
 from __future__ import annotations
 
@@ -143,6 +144,18 @@ def _markdown(board: pd.DataFrame, gate: str, study: Any = None) -> str:
     ])
 
 
+def _terminal(board: pd.DataFrame, gate: str, study: Any) -> str:
+    """The few columns that fit a terminal (what `make run` ends with); the rest is in the .md/.html."""
+    shown = _shown(board, gate)
+    keep = ["params (M)", f"gate: {gate}", "vs none (paired)", "gap closed"]
+    table = shown[[c for c in keep if c in shown.columns]].rename(columns={f"gate: {gate}": gate})
+    lines = ["Leaderboard (percent; brackets: 95% intervals over evaluation identities; * beyond noise vs none)"
+             if study is not None else "Leaderboard (percent)",
+             table.to_markdown(tablefmt="simple", disable_numparse=True), "",
+             "Full table, plots and how to read them: reports/leaderboard.html (or .md)."]
+    return "\n".join(lines) + "\n"
+
+
 PAGE_STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222; margin: 2rem auto;
        max-width: 1200px; padding: 0 1rem; }
@@ -225,6 +238,7 @@ def run(params: Params) -> pd.DataFrame:
     study = gate_study(models, gate, params.evaluate.bootstrap)
     board = leaderboard(load_metrics(models), gate, study)
     write_text(OUT / "leaderboard.md", _markdown(board, gate, study))
+    write_text(OUT / "leaderboard.txt", _terminal(board, gate, study))
     _bar_chart(board, gate, OUT / "leaderboard.png")
     _roc_all(models, gate, OUT / "roc_all.png")
     images = {"Gate metric per model": OUT / "leaderboard.png", f"ROC on {gate.split('.', 1)[0]}": OUT / "roc_all.png"}
