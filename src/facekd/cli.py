@@ -22,8 +22,11 @@ log = logging.getLogger("facekd")
 
 def _params(ctx: click.Context):
     from facekd.config import load_params
+    from facekd.data.limits import set_limits
 
-    return load_params(ctx.obj["params_path"])
+    params = load_params(ctx.obj["params_path"])
+    set_limits(params.data.limits)  # every reader of this process refuses input past these
+    return params
 
 
 class FacekdGroup(click.Group):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -23,27 +24,36 @@ FOREACH_METHODS = tuple(m for m in DISTILL_METHODS if m != "shkd")
 ALL_MODELS = ("teacher", *FOREACH_METHODS, "shkd")
 
 
-class Section(BaseModel):
-    """Base of every config section: frozen, unknown keys rejected."""
+SEED_MAX = 2**32 - 1  # numpy's SeedSequence / legacy seeding range
+MAX_EMBEDDING = 8192
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+
+class Section(BaseModel):
+    """Base of every config section: frozen, unknown keys rejected, every float finite.
+
+    ``allow_inf_nan=False`` covers every float field and float tuple of every section: ``.inf``
+    or ``.nan`` pass a ``ge=0`` bound and then break a schedule or a loss at run time.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 class SyntheticData(Section):
     """Scale and difficulty of the embedded procedural face dataset."""
 
-    train_identities: int = Field(200, ge=2)
-    images_per_identity: int = Field(20, ge=2)
-    eval_identities: int = Field(100, ge=4)
-    eval_images_per_identity: int = Field(12, ge=4)
+    # Upper bounds: the rendered set must fit one disk (1e6 identities x 1000 images is ~4 TB).
+    train_identities: int = Field(200, ge=2, le=1_000_000)
+    images_per_identity: int = Field(20, ge=2, le=1000)
+    eval_identities: int = Field(100, ge=4, le=1_000_000)
+    eval_images_per_identity: int = Field(12, ge=4, le=1000)
     mask_share: float = Field(0.25, ge=0.0, le=1.0)
     nuisance: float = Field(1.0, ge=0.0, le=3.0)
-    pairs_per_set: int = Field(600, ge=20)
-    ijb_media_per_template: int = Field(2, ge=1)
-    ijb_images_per_media: int = Field(2, ge=1)
+    pairs_per_set: int = Field(600, ge=20, le=10_000_000)
+    ijb_media_per_template: int = Field(2, ge=1, le=1000)
+    ijb_images_per_media: int = Field(2, ge=1, le=1000)
     jpeg_quality: int = Field(95, ge=50, le=100)
-    seed: int = 0
-    workers: int = Field(2, ge=1)
+    seed: int = Field(0, ge=0, le=SEED_MAX)
+    workers: int = Field(2, ge=1, le=1024)
 
 
 class ValidationParams(Section):
@@ -53,6 +63,23 @@ class ValidationParams(Section):
     max_duplicate_share: float = Field(0.0, ge=0.0, le=1.0)
     pair_balance_tolerance: float = Field(0.1, ge=0.0, le=0.5)
     check_every_image: bool = True
+
+
+class DataLimits(Section):
+    """What a reader accepts before it allocates: hostile or careless files are refused, naming
+    the file and record, instead of exhausting memory (docs/reliability.md, class 3)."""
+
+    # Declared width x height of one image, read from its header before decoding: 4096 x 4096.
+    max_image_pixels: int = Field(1 << 24, ge=1)
+    # Declared pixels per encoded byte. Real images stay far below (a flat 112x112 JPEG: ~20;
+    # deflate cannot pack 8-bit pixels tighter than ~1032:1); a forged header declares
+    # gigapixels in a few hundred bytes.
+    max_pixels_per_byte: int = Field(2048, ge=1)
+    # Bytes a verification .bin may make its loader hold (images, counting every reference to a
+    # shared one, plus what allowed calls build) per byte of the file; real files need ~1.
+    max_bin_expansion: float = Field(4.0, ge=1.0)
+    # Decoded bytes per byte of a .bin decoded whole: real sets need ~10, flat synthetic ~250.
+    max_decode_expansion: float = Field(1024.0, ge=1.0)
 
 
 class DataParams(Section):
@@ -70,6 +97,7 @@ class DataParams(Section):
     eval_dir: str = "data/eval"
     synthetic: SyntheticData = SyntheticData()
     validation: ValidationParams = ValidationParams()
+    limits: DataLimits = DataLimits()
 
     @model_validator(mode="after")
     def _path_for_real_sources(self) -> "DataParams":
@@ -82,7 +110,7 @@ class BackboneParams(Section):
     """A backbone from the model registry (`facekd models` lists them)."""
 
     arch: str = "iresnet18"
-    embedding_size: int = Field(512, ge=8)
+    embedding_size: int = Field(512, ge=8, le=MAX_EMBEDDING)
     width: float = Field(1.0, gt=0.0, le=4.0)
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     fp16: bool = False
@@ -110,8 +138,8 @@ class HeadParams(Section):
 class OptimParams(Section):
     """SGD and its learning-rate schedule (stepped per iteration)."""
 
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(64, ge=2)
+    epochs: int = Field(10, ge=1, le=100_000)
+    batch_size: int = Field(64, ge=2, le=1 << 20)
     lr: float = Field(0.1, gt=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0)
     weight_decay: float = Field(5e-4, ge=0.0)
@@ -122,15 +150,15 @@ class OptimParams(Section):
     warmup_epochs: float = Field(0.0, ge=0.0)
     poly_power: float = Field(2.0, gt=0.0)
     clip_grad_norm: float = Field(5.0, ge=0.0)
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: int = Field(1, ge=1, le=1 << 16)
     amp: Literal["off", "fp16", "bf16"] = "off"
     # auto: channels_last on CUDA, and on CPU where measured faster (facekd.training.runtime)
     channels_last: bool | Literal["auto"] = "auto"
     # auto: one intra-op thread per idle core at start-up; an integer for bit-identical reruns
     threads: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = "auto"
-    workers: int = Field(0, ge=0)
-    checkpoint_every: int = Field(200, ge=1)
-    eval_every: int = Field(0, ge=0)
+    workers: int = Field(0, ge=0, le=1024)
+    checkpoint_every: int = Field(200, ge=1, le=2**31 - 1)
+    eval_every: int = Field(0, ge=0, le=2**31 - 1)
     deterministic: bool = True
 
 
@@ -168,7 +196,7 @@ class AdaDistillKD(Section):
 
 
 class QUDKD(Section):
-    queue_size: int = Field(1024, ge=1)
+    queue_size: int = Field(1024, ge=1, le=1 << 24)
     tau: float = Field(0.1, gt=0.0)
     margin: float = Field(0.0, ge=0.0)
 
@@ -181,14 +209,14 @@ class THKD(Section):
 
 
 class SHKD(THKD):
-    teacher_epochs: int = Field(2, ge=1)
+    teacher_epochs: int = Field(2, ge=1, le=100_000)
     teacher_lr: float = Field(0.01, gt=0.0)
 
 
 class GKD(Section):
     k_mode: Literal["adaptive", "fixed"] = "adaptive"
-    fixed_k: int = Field(10000, ge=1)
-    k_step: int = Field(100, ge=1)
+    fixed_k: int = Field(10000, ge=1, le=1 << 31)
+    k_step: int = Field(100, ge=1, le=1 << 31)
     mass: float = Field(0.93, gt=0.0, le=1.0)
     alpha: float = Field(1.0, ge=0.0)
     beta: float = Field(8.0, ge=0.0)
@@ -242,7 +270,7 @@ class EvaluateParams(Section):
     """Benchmarks and protocol switches."""
 
     models: tuple[str, ...] = ALL_MODELS
-    batch_size: int = Field(128, ge=1)
+    batch_size: int = Field(128, ge=1, le=1 << 20)
     far_targets: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
     fpir_targets: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
     ijb_flip: bool = True
@@ -250,6 +278,28 @@ class EvaluateParams(Section):
     ijb_detector: bool = True
     mfr_far: float = Field(1e-4, gt=0.0, lt=1.0)
     bootstrap: BootstrapParams = BootstrapParams()
+
+
+class Int8Params(Section):
+    """INT8 copy of every exported model (facekd.export.quantize): onnxruntime static QDQ quantization,
+    per-channel weights, calibrated on training images."""
+
+    enabled: bool = False
+    calibration_images: int = Field(256, ge=1, le=100_000)
+    # Layers left in float: "first_conv" (reads the raw pixels) and "embedding" (the last MatMul/Gemm
+    # and every node after it). Min cosine to float on 64 embedded eval faces, none / first / embedding /
+    # both kept: mfn student 0.9918 / 0.9927 / 0.9918 / 0.9926, iresnet teacher 0.9993 / 0.9996 /
+    # 0.9996 / 0.9998; but a float embedding layer is most of iResNet's weights (INT8 file 334 KB ->
+    # 935 KB, float 1133 KB). So only the first conv (a few hundred weights) stays float by default.
+    keep_float: tuple[Literal["first_conv", "embedding"], ...] = ("first_conv",)
+    # "compute": Conv/MatMul/Gemm only (activations between them stay float); "all": every op
+    # onnxruntime can quantize, the PReLUs' Max/Min/Mul/Add too: embedded mfn min cosine 0.9744
+    # instead of 0.9927, and slower (a Q/DQ pair around each elementwise op).
+    ops: Literal["compute", "all"] = "compute"
+    # 7-bit weights: no int16 saturation in the uint8 x int8 kernels of x86 CPUs without VNNI
+    # (AVX2 only); off there, the embedded mfn fell to min cosine 0.915 (0.993 on). False only for
+    # VNNI or ARM targets.
+    reduce_range: bool = True
 
 
 class ExportParams(Section):
@@ -260,11 +310,12 @@ class ExportParams(Section):
     # PRelu -> Max(x,0) + s*Min(x,0): bit-identical, 1.3-1.7x faster batch-1 mfn in onnxruntime on
     # 1 thread (facekd.export.rewrite); false keeps the exporter's plain PRelu graph.
     rewrite_prelu: bool = True
-    opset: int = Field(18, ge=13)
+    opset: int = Field(18, ge=13, le=100)
     min_cosine: float = Field(0.9999, gt=0.0, le=1.0)
-    latency_runs: int = Field(20, ge=1)
-    max_output_dim: int = Field(512, ge=1)
+    latency_runs: int = Field(20, ge=1, le=1_000_000)
+    max_output_dim: int = Field(512, ge=1, le=MAX_EMBEDDING)
     max_file_bytes: int = Field(1 << 30, ge=1)
+    int8: Int8Params = Int8Params()
 
 
 class RegistryParams(Section):
@@ -283,14 +334,14 @@ class TrackingParams(Section):
 
 class ScheduleParams(Section):
     cron: str = "0 3 * * 1"
-    retries: int = Field(2, ge=0)
-    retry_delay_seconds: int = Field(10, ge=0)
+    retries: int = Field(2, ge=0, le=1000)
+    retry_delay_seconds: int = Field(10, ge=0, le=86_400)
 
 
 class Params(Section):
     """The whole ``params.yaml``."""
 
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     data: DataParams = DataParams()
     teacher: TeacherParams = TeacherParams()
     distill: DistillParams = DistillParams()
@@ -321,18 +372,27 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return sorted(model.model_fields)
 
 
+_SHOWN_CHARS = 80  # of an offending value in a message
+
+
+def _shown(value: Any) -> str:
+    """`` (got ...)`` for a scalar, cut short; nothing for a container, which may be huge."""
+    if isinstance(value, dict | list | tuple | set):
+        return ""
+    text = repr(value)
+    return f" (got {text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + '...'})"
+
+
 def format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid configuration ({err.error_count()} problem(s))"]
-    for e in err.errors():
+    for e in err.errors(include_input=True, include_url=False):
         loc = tuple(p for p in e["loc"] if not str(p).startswith("function-after"))
         key = ".".join(str(p) for p in loc) or "<top level>"
         if e["type"] == "extra_forbidden":
             allowed = _allowed_keys(Params, loc)
-            lines.append(f"  - unknown key '{key}'; allowed keys here: {', '.join(allowed)}")
+            lines.append(f"  - unknown key {key!r}; allowed keys here: {', '.join(allowed)}")
         else:
-            got = e.get("input")
-            shown = "" if isinstance(got, dict) else f" (got {got!r})"
-            lines.append(f"  - {key}: {e['msg']}{shown}")
+            lines.append(f"  - {key}: {e['msg']}{_shown(e.get('input'))}")
     return "\n".join(lines)
 
 
@@ -343,15 +403,124 @@ def parse_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
         raise ConfigError(format_validation_error(err, source)) from None
 
 
+# A params file is a few hundred nodes, 4-5 levels deep. The limits stop alias expansion
+# ("billion laughs": a few hundred bytes expanding to 10**9 nodes in validation) and nesting deep
+# enough to exhaust PyYAML's recursive composer.
+MAX_YAML_NODES = 100_000
+MAX_YAML_DEPTH = 64
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
+class _YamlRefused(Exception):
+    """A params file the loader will not build; the message names the line."""
+
+
+def _node_children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Refuse a document whose aliases expand it past MAX_YAML_NODES or MAX_YAML_DEPTH levels,
+    or refer back into themselves. Sizes are memoised per node, so this costs O(distinct nodes)."""
+    size: dict[int, int] = {}
+    height: dict[int, int] = {}
+    open_nodes: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if children_done:
+            open_nodes.discard(key)
+            kids = _node_children(node)
+            size[key] = 1 + sum(size[id(k)] for k in kids)
+            height[key] = 1 + max((height[id(k)] for k in kids), default=0)
+            if size[key] > MAX_YAML_NODES or height[key] > MAX_YAML_DEPTH:
+                raise _YamlRefused(
+                    f"line {node.start_mark.line + 1}: this value expands (through aliases) to more than "
+                    f"{MAX_YAML_NODES} values or {MAX_YAML_DEPTH} levels; write the parameters out plainly"
+                )
+            continue
+        if key in size:
+            continue
+        if key in open_nodes:
+            raise _YamlRefused(f"line {node.start_mark.line + 1}: an alias refers to a value that contains it")
+        open_nodes.add(key)
+        stack.append((node, True))
+        stack.extend((kid, False) for kid in _node_children(node) if id(kid) not in size)
+
+
+class _ParamsLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys, deep nesting and alias bombs (see the limits above)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        self._depth += 1
+        try:
+            if self._depth > MAX_YAML_DEPTH:
+                mark = self.peek_event().start_mark
+                raise _YamlRefused(f"line {mark.line + 1}: nested more than {MAX_YAML_DEPTH} levels deep")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def compose_document(self) -> yaml.Node:
+        node = super().compose_document()
+        _check_expansion(node)
+        return node
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except (ValueError, OverflowError) as err:  # e.g. an integer of more than 4300 digits
+            raise _YamlRefused(f"line {node.start_mark.line + 1}: cannot read this value ({err})") from None
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == _MERGE_TAG:
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, Hashable) and key in seen:
+                raise _YamlRefused(f"line {line}: key {key!r} appears twice in one section (first on line {seen[key]}); "
+                                   "keep one, a second would silently replace it")
+            if isinstance(key, Hashable):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> Any:
+    """The parsed params file, or ConfigError with one line naming the file and the line."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise ConfigError(f"{path}: line {line}: byte 0x{data[err.start]:02x} is not UTF-8; save the file as UTF-8") from None
+    try:
+        return yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 -- a SafeLoader subclass
+    except _YamlRefused as err:
+        raise ConfigError(f"{path}: {err}") from None
+    except yaml.MarkedYAMLError as err:
+        where = f"line {err.problem_mark.line + 1}: " if err.problem_mark else ""
+        raise ConfigError(f"{path}: {where}not valid YAML: {err.problem or err.context}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+
+
 def load_params(path: str | Path = "params.yaml") -> Params:
     """Read and validate ``params.yaml``; any problem is a :class:`ConfigError`."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: parameters file not found (run from the repository root or pass --params)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    raw = _read_yaml(path)
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
     return parse_params(raw, str(path))

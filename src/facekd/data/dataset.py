@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import cv2
 import numpy as np
 
+from facekd.data.paths import shown
 from facekd.errors import DataError
 
 if TYPE_CHECKING:
@@ -335,5 +336,5 @@ def open_training_data(path: str | Path, kind: str = "auto", *, seed: int = 0, a
         source = _FileSource(paths, np.full(len(paths), -1, dtype=np.int64), 0, str(path))
     if len(source.labels) == 0:
         raise DataError(f"{path}: no training images found ({kind})")
-    log.info("training data %s: %d images, %d identities", path, len(source.labels), source.num_classes)
+    log.info("training data %s: %d images, %d identities", shown(path), len(source.labels), source.num_classes)
     return FaceDataset(source, seed=seed, augment=augment)

@@ -11,8 +11,8 @@ Layout under ``<root>`` for a protocol ``<name>`` (``ijbb`` or ``ijbc``)::
 from __future__ import annotations
 
 import csv
+import functools
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from facekd.data.paths import Confined, shown
 from facekd.errors import DataError
 from facekd.fsio import write_bytes, write_text
 
@@ -32,6 +33,9 @@ ARCFACE_TEMPLATE = np.array(
     dtype=np.float32,
 )
 ALIGNED_SIZE = 112
+# Mean squared distance (px^2) of the 5 landmarks from their centre below which a face cannot be
+# aligned (a real face's points lie tens of pixels apart).
+_MIN_LANDMARK_SPREAD = 1e-3
 
 # Column kinds per whitespace table: s = text, i = integer, f = finite float.
 _TID_MID = "sii"
@@ -53,9 +57,13 @@ class IJBProtocol:
     gallery: pd.DataFrame | None  # template_id, subject_id, gallery ("G1"/"G2"), one row per template
     probes: pd.DataFrame | None  # template_id, subject_id[, image_name], one row per CSV row
 
+    @functools.cached_property
+    def _crops(self) -> Confined:
+        return Confined(self.root / "loose_crop")
+
     def image_path(self, image_name: str) -> Path:
-        """Path of one loose crop."""
-        return self.root / "loose_crop" / image_name
+        """Real path of one loose crop; DataError unless it is a regular file inside ``loose_crop/``."""
+        return self._crops.file(image_name, f"listed in the {self.name} protocol")
 
 
 def _meta(root: Path, name: str, suffix: str) -> Path:
@@ -145,7 +153,9 @@ def _read_table(path: Path, kinds: str, what: str) -> pd.DataFrame:
 def _join_landmarks(names: np.ndarray, five: pd.DataFrame, path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(N, 5, 2) landmarks and (N,) faceness for each image name, matched by name."""
     pts_names = five[0].to_numpy(dtype=str)
-    values = five.iloc[:, 1:].to_numpy(dtype=np.float32)  # (M, 11)
+    with np.errstate(over="ignore"):  # a value past float32 becomes inf, refused just below
+        values = five.iloc[:, 1:].to_numpy(dtype=np.float32)  # (M, 11)
+    _check_landmarks(values, pts_names, path)
     if not np.array_equal(pts_names, names):
         index = pd.Index(pts_names)
         if not index.is_unique:
@@ -162,18 +172,38 @@ def _join_landmarks(names: np.ndarray, five: pd.DataFrame, path: Path) -> tuple[
     return values[:, :10].reshape(-1, 5, 2), values[:, 10]
 
 
+def _check_landmarks(values: np.ndarray, names: np.ndarray, path: Path) -> None:
+    """Each row's 5 points finite in float32 and spread apart: alignment divides by their spread."""
+    points = values[:, :10].reshape(-1, 5, 2).astype(np.float64)  # (M, 5, 2)
+    with np.errstate(invalid="ignore"):  # inf rows give nan here and are refused as not finite
+        spread = ((points - points.mean(axis=1, keepdims=True)) ** 2).sum(axis=2).mean(axis=1)  # (M,)
+    finite = np.isfinite(values).all(axis=1)
+    bad = np.flatnonzero(~finite | ~(spread >= _MIN_LANDMARK_SPREAD))
+    if bad.size:
+        row = int(bad[0])
+        why = "are not finite as float32" if not finite[row] else "(almost) coincide"
+        raise DataError(
+            f"{path}: line {_line_of_row(path, row)}: image {str(names[row])!r}: its landmarks/score {why}; "
+            f"alignment needs 5 distinct points ({bad.size} such line(s)); fix or drop them"
+        )
+
+
 def _more(count: int) -> str:
     return f" (and {count - 1} more)" if count > 1 else ""
 
 
-def _check_crops(root: Path, names: np.ndarray) -> None:
+def _check_crops(root: Path, names: np.ndarray, listing: Path) -> None:
+    """Every listed crop is a regular file inside ``loose_crop/`` (no ``../``, absolute path,
+    symlink out or device); the error names the listing file and line."""
     crops = root / "loose_crop"
     if not crops.is_dir():
         raise DataError(f"{crops}: image folder not found")
-    present = set(os.listdir(crops))
-    missing = [n for n in names if n not in present and not (crops / n).is_file()]
-    if missing:
-        raise DataError(f"{crops}: image {str(missing[0])!r}{_more(len(missing))} listed in the protocol is missing")
+    confined = Confined(crops)
+    for row, name in enumerate(names):
+        try:
+            confined.file(name)
+        except DataError as err:
+            raise DataError(f"{err} (listed in {listing.name} line {_line_of_row(listing, row)})") from None
 
 
 def _check_pairs(path: Path, pairs: pd.DataFrame, templates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -190,6 +220,10 @@ def _check_pairs(path: Path, pairs: pd.DataFrame, templates: np.ndarray) -> tupl
         raise DataError(
             f"{path}: line {_line_of_row(path, row)}: template {tid} has no images in the template list"
         )
+    if labels.min() == labels.max():
+        kind = "genuine (label 1)" if labels[0] == 1 else "impostor (label 0)"
+        raise DataError(f"{path}: all {labels.size} pairs are {kind}; TAR at FAR needs both genuine and "
+                        "impostor pairs: use the protocol's full pair list")
     return ids, labels.astype(np.int8)
 
 
@@ -268,7 +302,7 @@ def load_ijb(root: str | Path, name: str) -> IJBProtocol:
     five = _read_table(pts_path, _FIVE_POINTS, "landmark list")
     names = tid_mid[0].to_numpy(dtype=str)
     landmarks, faceness = _join_landmarks(names, five, pts_path)
-    _check_crops(root, names)
+    _check_crops(root, names, tid_path)
     images = pd.DataFrame({
         "image_name": names,
         "template_id": tid_mid[1].to_numpy(dtype=np.int64),
@@ -277,7 +311,7 @@ def load_ijb(root: str | Path, name: str) -> IJBProtocol:
     })
     templates = np.unique(images["template_id"].to_numpy())
     pairs, labels = _check_pairs(pair_path, _read_table(pair_path, _PAIRS, "template pair list"), templates)
-    log.info("%s: %d images, %d templates, %d pairs", name, len(images), templates.size, len(pairs))
+    log.info("%s: %d images, %d templates, %d pairs", shown(name), len(images), templates.size, len(pairs))
     return IJBProtocol(
         name=name, root=root, images=images, landmarks=landmarks, pairs=pairs, labels=labels,
         gallery=_load_gallery(root, name, templates), probes=_load_probes(root, name, templates),
@@ -288,7 +322,11 @@ def protocol_names(root: str | Path) -> list[str]:
     """Protocol prefixes found under ``<root>/meta`` (from ``*_face_tid_mid.txt``)."""
     meta = Path(root) / "meta"
     suffix = "_face_tid_mid.txt"
-    return sorted(p.name[: -len(suffix)] for p in meta.glob(f"*{suffix}")) if meta.is_dir() else []
+    names = sorted(p.name[: -len(suffix)] for p in meta.glob(f"*{suffix}")) if meta.is_dir() else []
+    odd = [n for n in names if not n.isprintable()]
+    if odd:  # it would be printed in every message and log line about this protocol
+        raise DataError(f"{shown(meta)}: protocol file name {odd[0] + suffix!r} holds unprintable characters; rename it")
+    return names
 
 
 def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

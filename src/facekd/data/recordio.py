@@ -28,6 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from facekd.data.images import decode_image
+from facekd.data.paths import shown
 from facekd.errors import DataError
 from facekd.fsio import atomic_path
 
@@ -45,6 +46,7 @@ MAX_RECORD = 1 << 29
 _FLOAT32_EXACT = 1 << 24
 _SCALARS = (int, float, np.number)  # concrete types: ABC checks cost ~10 us per record when writing
 _PEEK_BATCH = 1 << 16  # records gathered per step when scanning headers (bounds the index array)
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 
 
 class IRHeader(NamedTuple):
@@ -128,16 +130,21 @@ def _idx_line_error(idx_path: Path, text: str) -> DataError:
             continue
         if len(fields) != 2:
             return DataError(
-                f"{idx_path}: line {lineno}: expected 'key<TAB>offset', got {line!r}; "
+                f"{idx_path}: line {lineno}: expected 'key<TAB>offset', got {line[:100]!r}; "
                 "the index is corrupt: rebuild it from the .rec"
             )
         for name, field in zip(("key", "offset"), fields, strict=True):
             try:
-                int(field)
+                value = int(field)
             except ValueError:
                 return DataError(
-                    f"{idx_path}: line {lineno}: {name} {field!r} is not an integer "
-                    f"(line {line!r}); the index is corrupt: rebuild it from the .rec"
+                    f"{idx_path}: line {lineno}: {name} {field[:40]!r} is not an integer "
+                    f"(line {line[:100]!r}); the index is corrupt: rebuild it from the .rec"
+                )
+            if not _INT64_MIN <= value <= _INT64_MAX:
+                return DataError(
+                    f"{idx_path}: line {lineno}: {name} {field[:40]!r} is out of range (not a 64-bit integer); "
+                    "the index is corrupt: rebuild it from the .rec"
                 )
     return DataError(f"{idx_path}: cannot parse the index; the file is corrupt: rebuild it from the .rec")
 
@@ -192,7 +199,8 @@ class RecordIOReader:
         self._pid: int | None = None
 
     def _check_idx(self) -> None:
-        bad = np.flatnonzero((self._offsets < 0) | (self._offsets + _CHUNK_HEAD.size > self._size))
+        # Compared without adding to the offset: an offset near 2**63 would wrap around.
+        bad = np.flatnonzero((self._offsets < 0) | (self._offsets > self._size - _CHUNK_HEAD.size))
         if bad.size:
             i = int(bad[0])
             raise DataError(
@@ -244,10 +252,13 @@ class RecordIOReader:
     def __contains__(self, key: object) -> bool:
         return isinstance(key, numbers.Integral) and int(self._positions(np.asarray([key]))[0]) >= 0
 
-    def missing(self, keys: np.ndarray) -> np.ndarray:
-        """The subset of ``keys`` that has no .idx entry."""
-        keys = np.asarray(keys, dtype=np.int64)
-        return keys[self._positions(keys) < 0]
+    def missing_in_range(self, lo: int, hi: int) -> tuple[int, int]:
+        """(first absent key, number of absent keys) of ``lo..hi-1``; costs O(.idx), whatever the range."""
+        keys = self._sorted_keys
+        present = keys[np.searchsorted(keys, lo) : np.searchsorted(keys, hi)]  # sorted, unique
+        count = (hi - lo) - int(present.size)
+        gaps = np.flatnonzero(present != np.arange(lo, lo + present.size))
+        return lo + (int(gaps[0]) if gaps.size else int(present.size)), count
 
     def offset(self, key: int) -> int:
         """Byte offset of ``key`` in the .rec; DataError if the .idx has no such key."""
@@ -488,7 +499,7 @@ class FaceRecordFile:
         if self.labels.size == 0:
             raise DataError(f"{rec_path}: contains no images")
         self.num_images = int(self.labels.size)
-        log.info("%s: %d images, %d classes", rec_path, self.num_images, self.num_classes)
+        log.info("%s: %d images, %d classes", shown(rec_path), self.num_images, self.num_classes)
 
     def _open_identity_layout(self, header0: IRHeader) -> None:
         where = self.rec_path
@@ -498,22 +509,23 @@ class FaceRecordFile:
         a, b = _check_integer_labels(bounds[:2], np.zeros(2, np.int64), where, "header bound")
         if not 1 <= a <= b:
             raise DataError(f"{where}: record key 0: header range [{a}, {b}) is invalid (need 1 <= a <= b)")
+        # Before any per-key array is built: a forged header can claim 4e8 keys in a 2-KB file.
+        self._require_keys(a, b)
         self.image_keys = np.arange(1, a, dtype=np.int64)
         identity_keys = np.arange(a, b, dtype=np.int64)
-        self._require_keys(np.concatenate([self.image_keys, identity_keys]), a, b)
         extra = self.reader.key_array[(self.reader.key_array < 0) | (self.reader.key_array >= b)]
         if extra.size:
-            log.warning("%s: %d keys outside the header's range [0, %d) are ignored", where, extra.size, b)
+            log.warning("%s: %d keys outside the header's range [0, %d) are ignored", shown(where), extra.size, b)
         self.labels = self._image_labels(self.image_keys)
         self.identity_ranges = self._identity_ranges(identity_keys, a)
         self.num_classes = int(identity_keys.size)
         self._check_labels_match_identities(a)
 
-    def _require_keys(self, keys: np.ndarray, a: int, b: int) -> None:
-        missing = self.reader.missing(keys)
-        if missing.size:
+    def _require_keys(self, a: int, b: int) -> None:
+        first, count = self.reader.missing_in_range(1, b)
+        if count:
             raise DataError(
-                f"{self.reader.idx_path}: has no record key {int(missing[0])} ({missing.size} missing), but the "
+                f"{self.reader.idx_path}: has no record key {first} ({count} missing), but the "
                 f"header (record 0) says images are keys 1..{a - 1} and identities {a}..{b - 1}; "
                 "the .idx is truncated or does not belong to this .rec"
             )

@@ -40,12 +40,13 @@ def _check_aligned(image: np.ndarray, where: str) -> np.ndarray:
 
 
 def verification_set(path: Path, embed: Embedder, cfg: EvaluateParams) -> Result:
-    from facekd.data.bins import decode_bin
+    from facekd.data.bins import decode_bin, require_both_kinds
     from facekd.evaluation.embed import flip_sum_normalize
     from facekd.evaluation.metrics import SortedScores
     from facekd.evaluation.verification import pair_embeddings, verification_metrics
 
     images, issame = decode_bin(path)
+    require_both_kinds(path, issame)
     _check_aligned(images[0], f"{path}: image 0 (pair 0)")  # decode_bin checked they all match image 0
     if issame.size < MIN_PAIRS:
         raise DataError(f"{path}: {issame.size} pairs; {MIN_PAIRS}-fold verification needs at least {MIN_PAIRS}")

@@ -37,10 +37,23 @@ def read_prepared_meta(prepared: Path) -> dict[str, Any]:
         raise DataError(f"{meta_path}: missing; run `facekd prepare` first") from None
     except ValueError as err:
         raise DataError(f"{meta_path}: not valid JSON ({err}); re-run `facekd prepare`") from None
+    _check_prepared_meta(meta, meta_path)
     if "data_hash" not in meta:
         digest = hashlib.sha256((prepared / "train.idx").read_bytes() + meta_path.read_bytes())
         meta["data_hash"] = digest.hexdigest()
     return meta
+
+
+def _check_prepared_meta(meta: Any, meta_path: Path) -> None:
+    """The fields stages use have the types `prepare` writes (absurd ones were tracebacks later)."""
+    if not isinstance(meta, dict):
+        raise DataError(f"{meta_path}: holds a JSON {type(meta).__name__}, not an object; re-run `facekd prepare`")
+    for key in ("num_images", "num_classes"):
+        value = meta.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
+            raise DataError(f"{meta_path}: {key} is {str(value)[:40]!r}, not a count; re-run `facekd prepare`")
+    if not isinstance(meta.get("data_hash", ""), str):
+        raise DataError(f"{meta_path}: data_hash is not a string; re-run `facekd prepare`")
 
 
 def run_config(params: Params, data_hash: str) -> dict[str, Any]:
