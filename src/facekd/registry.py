@@ -288,18 +288,6 @@ def gather_candidate(params: Params, model_name: str) -> Candidate:
     return Candidate(model_name, model_dir(model_name), path, sha, report, metrics, metric, value, meta, point)
 
 
-def _experiment_id(client: MlflowClient, name: str) -> str:
-    from mlflow.exceptions import MlflowException
-
-    found = client.get_experiment_by_name(name)
-    if found is not None:
-        return found.experiment_id
-    try:
-        return client.create_experiment(name)
-    except MlflowException:  # created by another process in between
-        return client.get_experiment_by_name(name).experiment_id
-
-
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:
     from mlflow.exceptions import MlflowException
 
@@ -430,10 +418,10 @@ def _log_version(client: MlflowClient, params: Params, cand: Candidate, card: di
     from mlflow.entities import Metric, Param
 
     from facekd.export.model_card import describe
-    from facekd.tracking import default_tags
+    from facekd.tracking import default_tags, experiment_id
 
     commit = card["git_commit"]
-    run = client.create_run(_experiment_id(client, params.tracking.experiment), run_name=f"register-{cand.model}",
+    run = client.create_run(experiment_id(client, params.tracking.experiment), run_name=f"register-{cand.model}",
                             tags={**default_tags("register"), "facekd.model": cand.model})
     run_id = run.info.run_id
     try:

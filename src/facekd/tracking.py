@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import tempfile
 import time
@@ -41,9 +42,63 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+# MLflow 3 opens an experiment in the view its kind names; untagged ones can open as GenAI "Traces".
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+RUNNING = "RUNNING"
+
+
+def experiment_id(client: Any, name: str) -> str:
+    """The id of experiment ``name``, created (and tagged as model training) when missing."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(name)
+    if found is None:
+        try:
+            return client.create_experiment(name, tags=EXPERIMENT_KIND)
+        except MlflowException:  # another process created it between the two calls
+            found = client.get_experiment_by_name(name)
+    if found.tags.get("mlflow.experimentKind") is None:  # made by an older facekd
+        client.set_experiment_tag(found.experiment_id, *next(iter(EXPERIMENT_KIND.items())))
+    return found.experiment_id
+
+
+def reconcile_crashed_runs(client: Any, experiment: str) -> list[str]:
+    """Mark FAILED every RUNNING run of this host whose process is gone; returns their ids.
+
+    A segfault or the OOM killer ends a stage without its ``finally``, leaving the run RUNNING
+    forever; the next start of any stage closes it, naming the process that owned it.
+    """
+    host = socket.gethostname()
+    runs = client.search_runs([experiment], filter_string=f"attributes.status = '{RUNNING}'", max_results=1000)
+    closed = []
+    for run in runs:
+        tags = run.data.tags
+        pid = tags.get("facekd.pid", "")
+        if tags.get("facekd.host") != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        client.set_tag(run.info.run_id, "facekd.reconciled",
+                       f"process {pid} on {host} ended without closing this run (crash or kill)")
+        client.set_terminated(run.info.run_id, status="FAILED")
+        closed.append(run.info.run_id)
+    if closed:
+        log.warning("marked %d MLflow run(s) of crashed processes FAILED: %s", len(closed), ", ".join(closed))
+    return closed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def default_tags(stage: str | None = None) -> dict[str, str]:
-    """Provenance tags: facekd version, git commit, DVC stage (``DVC_STAGE`` is set by ``dvc repro``)."""
-    tags = {"facekd.version": facekd.__version__}
+    """Provenance tags: facekd version, git commit, DVC stage (``DVC_STAGE`` is set by ``dvc repro``),
+    and the host and process that own the run (to close it if that process dies)."""
+    tags = {"facekd.version": facekd.__version__, "facekd.host": socket.gethostname(), "facekd.pid": str(os.getpid())}
     commit = git_commit()
     if commit:
         tags["mlflow.source.git.commit"] = commit
@@ -76,17 +131,6 @@ class Tracker:
                     system_metrics: bool = False) -> "Tracker":
         return cls(params.uri, params.experiment, stage=stage, system_metrics=system_metrics)
 
-    def _experiment_id(self) -> str:
-        from mlflow.exceptions import MlflowException
-
-        found = self._client.get_experiment_by_name(self.experiment)
-        if found is not None:
-            return found.experiment_id
-        try:
-            return self._client.create_experiment(self.experiment)
-        except MlflowException:  # another process created it between the two calls
-            return self._client.get_experiment_by_name(self.experiment).experiment_id
-
     def start(self, run_name: str, params_flat: dict[str, Any], tags: dict[str, str] | None,
               config_dict: dict[str, Any], resume_run_id: str | None = None) -> str:
         """Create a run (or reattach ``resume_run_id``), log params, tags and ``config.json``."""
@@ -96,6 +140,8 @@ class Tracker:
 
         t0 = time.perf_counter()
         self._client = MlflowClient(tracking_uri=self.uri)
+        experiment = experiment_id(self._client, self.experiment)
+        reconcile_crashed_runs(self._client, experiment)
         all_tags = {**default_tags(self.stage), **(tags or {})}
         run = None
         if resume_run_id:
@@ -109,7 +155,7 @@ class Tracker:
             self._client.update_run(self.run_id, status="RUNNING")
             self.set_tags({**all_tags, "facekd.resumed": "true"})
         else:
-            run = self._client.create_run(self._experiment_id(), tags=all_tags, run_name=run_name)
+            run = self._client.create_run(experiment, tags=all_tags, run_name=run_name)
             self.run_id = run.info.run_id
             params = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in sorted(params_flat.items())]
             for i in range(0, len(params), 100):  # MLflow takes at most 100 params per batch

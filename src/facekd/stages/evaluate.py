@@ -75,13 +75,16 @@ def _finite(obj):
 
 
 def _log_to_mlflow(params: Params, meta: dict, metrics: dict, png: Path) -> None:
-    """Attach the numbers to the model's own training run (its id is in meta.json)."""
+    """An evaluation run of its own, nested under the model's training run (its id is in meta.json):
+    the training run keeps its duration and tags, and the UI shows the evaluation beneath it."""
     from facekd.tracking import Tracker
 
     flat = {f"eval.{bench}.{k}": float(v) for bench, vals in metrics.items() if isinstance(vals, dict)
             for k, v in vals.items() if isinstance(v, (int, float)) and np.isfinite(v)}
+    trained_by = meta.get("mlflow_run_id")
+    links = {"mlflow.parentRunId": trained_by, "facekd.trained_by": trained_by} if trained_by else {}
     tracker = Tracker.from_params(params.tracking, stage=f"evaluate@{metrics['model']}")
-    tracker.start(f"evaluate-{metrics['model']}", {}, None, {}, resume_run_id=meta.get("mlflow_run_id"))
+    tracker.start(f"evaluate-{metrics['model']}", {}, {**links, "facekd.model": metrics["model"]}, {})
     tracker.log_metrics(flat, step=0)
     tracker.log_artifact(png)
     tracker.end("FINISHED")
