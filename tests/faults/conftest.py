@@ -41,7 +41,8 @@ TINY: dict[str, Any] = {
                 "teacher_source": "cache", "cache_dtype": "float32",
                 "qud": {"queue_size": 16, "tau": 0.1}, "adadistill": {"margin": 0.45}},
     "evaluate": {"models": ["teacher", "none", "qud", "adadistill"], "batch_size": 32},
-    "export": {"models": ["none", "qud", "adadistill"], "latency_runs": 2, "exporter": "legacy"},
+    "export": {"models": ["none", "qud", "adadistill"], "latency_runs": 2, "exporter": "legacy",
+               "int8": {"calibration_images": 16}},  # of the 32 training images
 }
 
 

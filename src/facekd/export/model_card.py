@@ -76,6 +76,7 @@ def build_card(
             "input": "data (batch, 3, 112, 112) float32, RGB, (x - 127.5) / 127.5",
             "output": "embedding (batch, d) float32, not normalised",
         },
+        "int8": _int8(export_report.get("int8")),
         "export_checks": {
             "passed": bool(checks.get("passed")),
             "failures": checks.get("failures", []),
@@ -84,6 +85,22 @@ def build_card(
             "mfr_rules": {name: rule.get("ok") for name, rule in checks.get("mfr_rules", {}).items()},
         },
     }
+
+
+def _int8(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The export report's INT8 copy: size, calibration data and cosine to float (None when not made)."""
+    if not report:
+        return None
+    return {key: report.get(key) for key in ("sha256", "file_bytes", "calibration_data", "calibration_images",
+                                             "kept_float", "cosine_to_float")}
+
+
+def _int8_text(int8: dict[str, Any] | None) -> str:
+    if not int8:
+        return "not made"
+    cos = int8["cosine_to_float"]
+    return (f"{int8['file_bytes']} bytes, calibrated on {int8['calibration_images']} images of "
+            f"`{int8['calibration_data']}`; embedding cosine to float min {cos['min']:.4f}, median {cos['median']:.4f}")
 
 
 def _wilson(rate: float | None, n: float | None) -> list[float] | None:
@@ -141,6 +158,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         ("ONNX sha256", card["onnx"]["sha256"]),
         ("export checks", "passed" if checks["passed"] else f"FAILED: {'; '.join(checks['failures'])}"),
         ("latency batch 1 (ms)", json.dumps(checks["latency_ms"])),
+        ("INT8 ONNX", _int8_text(card.get("int8"))),
     ])
     return (
         f"# Model card: {card['model']}\n\n"

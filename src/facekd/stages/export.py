@@ -1,5 +1,9 @@
 """Stage ``export``: a model directory -> ``exports/<model>.onnx`` + ``reports/export/<model>.json``.
 
+With ``export.int8.enabled`` it also writes ``exports/<model>.int8.onnx`` (:mod:`facekd.export.quantize`,
+calibrated on ``export.int8.calibration_images`` crops of ``<data.prepared_dir>/train.rec``) and adds
+its size, op counts and float-vs-INT8 embedding cosines on the parity images to the report.
+
 The report is written whether or not the checks pass; a failed check then stops the stage with an
 :class:`ExportError` that lists the failures and points at the report.
 """
@@ -29,6 +33,10 @@ PARITY_IMAGES = 64
 
 def onnx_path(model_name: str) -> Path:
     return EXPORTS_DIR / f"{model_name}.onnx"
+
+
+def int8_path(model_name: str) -> Path:
+    return EXPORTS_DIR / f"{model_name}.int8.onnx"
 
 
 def report_path(model_name: str) -> Path:
@@ -87,6 +95,8 @@ def run(params: Params, model_name: str, *, exporter: Exporter | None = None) ->
         "checks": checks,
         "meta": {key: meta.get(key) for key in ("arch", "method", "teacher", "params_m", "gmacs", "data_hash")},
     }
+    if params.export.int8.enabled and checks["passed"]:  # no INT8 copy of a graph that failed its checks
+        report["int8"] = _int8(params, model_name, images)
     write_json(report_path(model_name), report)
     if not checks["passed"]:
         raise ExportError(
@@ -101,3 +111,20 @@ def run(params: Params, model_name: str, *, exporter: Exporter | None = None) ->
         checks["latency_ms"]["onnxruntime_b1"],
         checks["latency_ms"]["torch_b1"],
     )
+
+
+def _int8(params: Params, model_name: str, parity: np.ndarray) -> dict:
+    """Quantize the exported file; its info plus the cosines to float on the parity images."""
+    from facekd.data.dataset import open_training_data
+    from facekd.export.quantize import calibration_sample, embedding_cosines, quantize_int8
+
+    int8 = params.export.int8
+    training = open_training_data(Path(params.data.prepared_dir), "rec", augment=False)
+    sample = calibration_sample(training, int8.calibration_images)
+    info = quantize_int8(onnx_path(model_name), int8_path(model_name), sample, int8)
+    info["calibration_data"] = training.name
+    info["cosine_to_float"] = embedding_cosines(onnx_path(model_name), int8_path(model_name), parity)
+    log.info("%s: %d bytes (float %d), embedding cosine to float min %.4f median %.4f", int8_path(model_name),
+             info["file_bytes"], onnx_path(model_name).stat().st_size, info["cosine_to_float"]["min"],
+             info["cosine_to_float"]["median"])
+    return info
