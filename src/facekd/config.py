@@ -290,7 +290,7 @@ class Int8Params(Section):
     # and every node after it). Min cosine to float on 64 embedded eval faces, none / first / embedding /
     # both kept: mfn student 0.9918 / 0.9927 / 0.9918 / 0.9926, iresnet teacher 0.9993 / 0.9996 /
     # 0.9996 / 0.9998; but a float embedding layer is most of iResNet's weights (INT8 file 334 KB ->
-    # 935 KB, float 1133 KB). So only the first conv (a few hundred weights) stays float by default.
+    # 935 KB, float 1133 KB). So only the first conv (3x3x3xC weights) stays float by default.
     keep_float: tuple[Literal["first_conv", "embedding"], ...] = ("first_conv",)
     # "compute": Conv/MatMul/Gemm only (activations between them stay float); "all": every op
     # onnxruntime can quantize, the PReLUs' Max/Min/Mul/Add too: embedded mfn min cosine 0.9744
