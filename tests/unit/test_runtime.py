@@ -43,8 +43,15 @@ def test_layout_param_then_device_then_table(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert runtime.use_channels_last(False, model, cuda) is False
     assert runtime.use_channels_last(True, model, cpu) is True
-    monkeypatch.setattr(runtime, "CPU_NCHW_FASTER", frozenset({("mfn", 0.125)}))
-    assert runtime.use_channels_last("auto", model, cpu) is False
-    assert runtime.use_channels_last("auto", model, cuda) is True
-    monkeypatch.setattr(runtime, "CPU_NCHW_FASTER", frozenset())
-    assert runtime.use_channels_last("auto", model, cpu) is True
+    monkeypatch.setattr(runtime, "CPU_NCHW_FASTER", {("mfn", 0.125): frozenset({2})})
+    assert runtime.use_channels_last("auto", model, cpu, threads=2) is False
+    assert runtime.use_channels_last("auto", model, cpu, threads=1) is True  # measured per thread count
+    assert runtime.use_channels_last("auto", model, cuda, threads=2) is True
+    monkeypatch.setattr(runtime, "CPU_NCHW_FASTER", {})
+    assert runtime.use_channels_last("auto", model, cpu, threads=2) is True
+
+
+def test_the_embedded_teacher_trains_in_nchw_on_two_threads_only():
+    teacher = create_backbone("iresnet_tiny", embedding_size=8, width=0.25)
+    assert not runtime.use_channels_last("auto", teacher, torch.device("cpu"), threads=2)
+    assert runtime.use_channels_last("auto", teacher, torch.device("cpu"), threads=1)

@@ -314,7 +314,7 @@ class Trainer:
         self.amp_dtype = _amp_dtype(optim.amp, self.device)
         self.backbone = backbone.to(self.device)
         self.threads = apply_threads(optim.threads) if self.device.type == "cpu" else None
-        self.channels_last = use_channels_last(optim.channels_last, backbone, self.device)
+        self.channels_last = use_channels_last(optim.channels_last, backbone, self.device, self.threads)
         if self.channels_last:
             self.backbone = self.backbone.to(memory_format=torch.channels_last)
         self.objective = objective.to(self.device)

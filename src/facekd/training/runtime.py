@@ -25,8 +25,15 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Auto = Literal["auto"]
-# (arch, width) pairs whose CPU training step measured slower in channels_last than in NCHW.
-CPU_NCHW_FASTER: frozenset[tuple[str, float]] = frozenset()
+# (arch, width) -> the thread counts at which its CPU training step did not measure faster in
+# channels_last than in NCHW (`python -m bench.cpu_path`, batch 32, AVX2 EPYC, 2026-12-03). At 2
+# threads iresnet_tiny (8-channel first stage at every width here) measured cl/NCHW time 1.11 /
+# 1.00 / 1.01 at w0.125 / 0.25 / 0.5 and, in Trainer steps, 101-108 vs 109-126 img/s; at 1 thread
+# channels_last won (71-87 vs 58-80 img/s), so it keeps channels_last there. Faster in
+# channels_last at 2 threads, so not listed: iresnet18 w0.25 / w1.0 (0.90 / 0.97), mfn w0.125-1.0
+# (0.84 / 0.74 / 0.82 / 0.69), mbf w0.25 / w1.0 (0.72 / 0.68).
+CPU_NCHW_FASTER: dict[tuple[str, float], frozenset[int]] = {
+    ("iresnet_tiny", width): frozenset({2}) for width in (0.125, 0.25, 0.5)}
 _SAMPLE_SECONDS = 0.25
 
 
@@ -81,11 +88,16 @@ def apply_threads(setting: int | Auto) -> int:
     return threads
 
 
-def use_channels_last(setting: bool | Auto, backbone: "nn.Module", device: "torch.device") -> bool:
-    """Whether to train ``backbone`` in channels_last: the param, or ``auto`` by measurement."""
+def use_channels_last(setting: bool | Auto, backbone: "nn.Module", device: "torch.device",
+                      threads: int | None = None) -> bool:
+    """Whether to train ``backbone`` in channels_last: the param, or ``auto`` by measurement
+    (:data:`CPU_NCHW_FASTER`, at ``threads``: torch's current intra-op threads when None)."""
+    import torch
+
     if setting != "auto":
         return bool(setting)
     if device.type == "cuda":
         return True
     args: dict[str, Any] = getattr(backbone, "build_args", {})
-    return (args.get("arch"), args.get("width")) not in CPU_NCHW_FASTER
+    slower = CPU_NCHW_FASTER.get((args.get("arch"), args.get("width")), frozenset())
+    return (threads or torch.get_num_threads()) not in slower
