@@ -1,0 +1,1 @@
+"""One module per DVC stage (`facekd <stage>`): thin commands over the library."""
