@@ -117,7 +117,8 @@ def _shown(board: pd.DataFrame, gate: str) -> pd.DataFrame:
     if "gap closed" in board.columns:
         shown["gap closed"] = [_pct(v) if pd.isna(lo) else f"{_pct(v)} [{_pct(lo)}, {_pct(hi)}]" for v, lo, hi in
                                zip(board["gap closed"], board["gap low"], board["gap high"], strict=True)]
-    return shown
+    first = [c for c in (gate_col, "vs none (paired)", "gap closed") if c in shown.columns]  # the answer first
+    return shown[first + [c for c in shown.columns if c not in first]]
 
 
 def _explanation(gate: str, study: Any) -> list[str]:
@@ -193,7 +194,7 @@ def _html(board: pd.DataFrame, gate: str, study: Any, images: dict[str, Path]) -
         "<title>facekd leaderboard</title>", f"<style>{PAGE_STYLE}</style>", "</head>", "<body>",
         "<h1>facekd leaderboard</h1>",
         *(f'<p class="note">{_code(paragraph)}</p>' for paragraph in _explanation(gate, study)),
-        table, *figures, "</body>", "</html>", "",
+        f'<div style="overflow-x: auto">{table}</div>', *figures, "</body>", "</html>", "",
     ])
 
 
