@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import resource
 import struct
 import subprocess
 import sys
@@ -34,26 +33,36 @@ FACEKD = str(Path(sys.executable).parent / "facekd")
 
 # ---- the bounded child -------------------------------------------------------------------------
 
-def _limit_memory() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (LIMIT_AS, LIMIT_AS))
-    # A safety net, not a measurement: an unbounded expansion that fits in memory must not spin
-    # for hours (the bounded readers need a few seconds).
-    resource.setrlimit(resource.RLIMIT_CPU, (CPU_SECONDS, CPU_SECONDS))
+# The bounded command is started by a small Python launcher, not by the test process: a child's
+# peak RSS (wait4's ru_maxrss) starts at the RSS of the process it was forked from, and a pytest
+# worker that has imported torch and run hundreds of tests holds ~1 GiB. The launcher is ~10 MiB.
+_LAUNCHER = """
+import json, os, resource, subprocess, sys
+cmd, limit_as, cpu, report = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+def limits():
+    resource.setrlimit(resource.RLIMIT_AS, (limit_as, limit_as))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))  # a safety net against endless expansion
+child = subprocess.Popen(cmd, preexec_fn=limits)
+_, status, usage = os.wait4(child.pid, 0)
+with open(report, "w") as out:
+    json.dump({"code": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss}, out)
+"""
 
 
 def run_bounded(cmd: list[str], cwd: Path = ROOT) -> tuple[int, str, str, float]:
     """(exit code, stdout, stderr, peak RSS in MiB) of ``cmd`` run under RLIMIT_AS = LIMIT_AS."""
     path = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(ROOT)) if p)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
-                                preexec_fn=_limit_memory)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".json") as report:
+        launcher = [sys.executable, "-c", _LAUNCHER, json.dumps(cmd), str(LIMIT_AS), str(CPU_SECONDS), report.name]
+        subprocess.run(launcher, cwd=cwd, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL, check=True,
+                       timeout=4 * CPU_SECONDS)
+        result = json.loads(Path(report.name).read_text())
         out.seek(0)
         err.seek(0)
-        return proc.returncode, out.read().decode(errors="replace"), err.read().decode(errors="replace"), \
-            usage.ru_maxrss / 1024
+        return result["code"], out.read().decode(errors="replace"), err.read().decode(errors="replace"), \
+            result["maxrss_kib"] / 1024
 
 
 def read_bounded(kind: str, paths: list[Path]) -> tuple[list[dict], float]:
