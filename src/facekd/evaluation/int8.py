@@ -1,0 +1,95 @@
+"""The INT8 copy of a model as an evaluated model of its own: its name, and how far its embeddings
+stray from the float model's on the evaluation images.
+
+``exports/<model>.int8.onnx`` is scored by ``evaluate_int8@<model>`` exactly like the PyTorch model
+by ``evaluate@<model>``, under the name ``<model>.int8``: ``metrics/eval/<model>.int8.json`` and
+``metrics/scores/<model>.int8.npz``. The report then pairs the two on the same bootstrap resamples
+(the drop from float, with its interval) and the registry gates a release on that drop.
+
+The cosine is measured on every image the evaluation embeds (each benchmark image and its mirror,
+as both are scored), against the float ONNX file on the same input: the export report's cosine
+covers the 64 parity images only, and a few hard images are where quantization breaks first.
+"""
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from facekd.errors import DataError
+
+INT8_SUFFIX = ".int8"
+METRICS_DIR = Path("metrics/eval")
+# The export stage's files (facekd.stages.export.onnx_path / int8_path, kept equal by a test):
+# named here so the evaluate stage, which must not depend on the export code, can find them.
+EXPORTS_DIR = Path("exports")
+COSINE_KEY = "cosine_to_float"  # in metrics/eval/<model>.int8.json
+
+Embedder = Callable[[str, np.ndarray], np.ndarray]
+
+
+def int8_name(model: str) -> str:
+    """The evaluated name of ``model``'s INT8 copy: ``none`` -> ``none.int8``."""
+    return f"{model}{INT8_SUFFIX}"
+
+
+def exported_files(model: str) -> tuple[Path, Path]:
+    """(float ONNX, INT8 ONNX) files of ``model`` as the export stage writes them."""
+    return EXPORTS_DIR / f"{model}.onnx", EXPORTS_DIR / f"{model}{INT8_SUFFIX}.onnx"
+
+
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N,) cosine of row i of ``a`` and row i of ``b``, both (N, d); 0 for an all-zero row."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise DataError(f"embeddings to compare must be two (N, d) arrays of one shape; got {a.shape} and {b.shape}")
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.sum(a * b, axis=1) / np.maximum(norms, np.finfo(np.float64).tiny)
+
+
+class AgreementEmbedder:
+    """An embedder that returns the INT8 model's features and records, per benchmark, each image's
+    cosine to the float model's embedding of the same input.
+
+    Both embedders return ``(N, 2d)`` ``[image, mirror]`` features (``embed_images`` with flip); each
+    half is one model input, so a benchmark of N images gives 2N cosines.
+    """
+
+    def __init__(self, quantized: Embedder, reference: Embedder) -> None:
+        self.quantized, self.reference = quantized, reference
+        self.cosines: dict[str, np.ndarray] = {}
+
+    def __call__(self, name: str, images: np.ndarray) -> np.ndarray:
+        q, f = self.quantized(name, images), self.reference(name, images)
+        if q.shape != f.shape or q.ndim != 2 or q.shape[1] % 2:
+            raise DataError(f"{name}: INT8 features {q.shape} and float features {f.shape} do not match; "
+                            "re-export the model so both files come from one checkpoint")
+        d = q.shape[1] // 2
+        # (N, 2d) -> (2N, d): every image, then every mirror
+        self.cosines[name] = row_cosines(np.concatenate([q[:, :d], q[:, d:]]), np.concatenate([f[:, :d], f[:, d:]]))
+        return q
+
+    def summary(self, reference: str) -> dict[str, Any]:
+        """``{"reference", "min", "median", "images", "per_benchmark": {name: {"min", "median", "images"}}}``."""
+        if not self.cosines:
+            raise DataError("no images were embedded, so there is no INT8-vs-float cosine to report")
+        every = np.concatenate(list(self.cosines.values()))
+        return {"reference": reference, **_spread(every),
+                "per_benchmark": {name: _spread(values) for name, values in sorted(self.cosines.items())}}
+
+
+def _spread(values: np.ndarray) -> dict[str, Any]:
+    return {"min": float(values.min()), "median": float(statistics.median(values.tolist())), "images": int(values.size)}
+
+
+def int8_metrics(model: str, root: Path = METRICS_DIR) -> dict[str, Any] | None:
+    """``metrics/eval/<model>.int8.json``, or None when the INT8 copy was not evaluated."""
+    from facekd.fsio import read_json_object
+
+    path = root / f"{int8_name(model)}.json"
+    if not path.is_file():
+        return None
+    return read_json_object(path, DataError, missing="missing", redo=f"re-run `facekd evaluate {model} --int8`")
