@@ -20,3 +20,6 @@ import os
 # (they all import this package first); a user's own setting wins.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+# The temporary server's start-up (its database is migrated beforehand, pipelines.localserver) can
+# still take more than Prefect's 20 s default on a busy 2-core machine.
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")

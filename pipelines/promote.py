@@ -15,7 +15,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from pipelines import dvcstages
+from pipelines import dvcstages, localserver
 
 
 @task(name="facekd-promote", cache_policy=NO_CACHE)
@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> None:
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--repo", default=".", help="repository root with params.yaml (default: .)")
     args = parser.parse_args(argv)
+    localserver.prepare_database()  # a fresh PREFECT_HOME: migrate once, before the server starts
     state = promote(repo=args.repo, return_state=True)
     sys.exit(0 if state.is_completed() else 1)
 

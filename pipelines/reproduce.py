@@ -18,7 +18,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from pipelines import dvcstages
+from pipelines import dvcstages, localserver
 
 
 @task(name="dvc-repro", task_run_name="{stage}", cache_policy=NO_CACHE)
@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--stage", action="append", dest="stages", metavar="NAME",
                         help="run only this stage (repeatable; a foreach name selects all items)")
     args = parser.parse_args(argv)
+    localserver.prepare_database()  # a fresh PREFECT_HOME: migrate once, before the server starts
     state = reproduce(repo=args.repo, stages=args.stages, return_state=True)
     sys.exit(0 if state.is_completed() else 1)
 

@@ -36,7 +36,7 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Completed, State
 
-from pipelines import dvcstages
+from pipelines import dvcstages, localserver
 from pipelines.promote import promote
 from pipelines.reproduce import reproduce
 
@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-promote", dest="promote_model", action="store_false",
                         help="stop after reproduce; do not run facekd promote")
     args = parser.parse_args(argv)
+    localserver.prepare_database()  # a fresh PREFECT_HOME: migrate once, before the server starts
     state = retrain(repo=args.repo, data_stage=args.data_stage,
                     promote_model=args.promote_model, return_state=True)
     sys.exit(0 if state.is_completed() else 1)

@@ -23,7 +23,7 @@ from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
 
-from pipelines import dvcstages
+from pipelines import dvcstages, localserver
 from pipelines.retrain import retrain
 
 DEPLOYMENT_NAME = "scheduled"
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--no-promote", dest="promote_model", action="store_false",
                         help="retrain without running facekd promote (no model registry)")
     args = parser.parse_args(argv)
+    localserver.prepare_database()  # a fresh PREFECT_HOME: migrate once, before the server starts
     serve(build_deployment(Path(args.repo), args.name, args.promote_model), limit=1)
 
 

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # What `dvc repro` (and the MLflow/DVC tools it drives) writes into the workspace, relative to the
 # repository root: never source, whether git tracks it or not.
 PIPELINE_OUTPUTS = (
-    "data/prepared", "data/eval", "data/.gitignore", "models", "metrics", "reports", "exports",
+    "data/prepared", "data/eval", "data/.gitignore", "models", "metrics", "plots", "reports", "exports",
     "features", "checkpoints", "dvc_plots", "dvc.lock", "mlflow.db", "mlruns", "mlartifacts",
     ".dvc/cache", ".dvc/tmp",
 )

@@ -79,7 +79,7 @@ def validate(ctx: click.Context) -> None:
 @cli.command("train-teacher")
 @click.pass_context
 def train_teacher(ctx: click.Context) -> None:
-    """Train (or resume training) the teacher -> models/teacher."""
+    """Train (or resume training) the teacher -> models/teacher (teacher.source onnx: import and check teacher.onnx.path instead)."""
     from facekd.stages import train_teacher as stage
 
     stage.run(_params(ctx))
@@ -134,12 +134,14 @@ def shkd_teacher(ctx: click.Context) -> None:
 
 @cli.command()
 @click.argument("model")
+@click.option("--int8", is_flag=True,
+              help="Score MODEL's INT8 ONNX copy (exports/MODEL.int8.onnx) instead -> metrics/eval/MODEL.int8.json.")
 @click.pass_context
-def evaluate(ctx: click.Context, model: str) -> None:
+def evaluate(ctx: click.Context, model: str, int8: bool) -> None:
     """Run every benchmark in data/eval for MODEL (teacher or a method) -> metrics/eval/MODEL.json."""
     from facekd.stages import evaluate as stage
 
-    stage.run(_params(ctx), model)
+    stage.run(_params(ctx), model, int8=int8)
 
 
 @cli.command()
@@ -291,6 +293,40 @@ def summary() -> None:
             click.echo(path.read_text())
             return
     raise FacekdError("no result yet: run `dvc repro` first (reports/leaderboard.txt is written by the report stage)")
+
+
+@cli.command()
+@click.argument("a")
+@click.argument("b", default="workspace")
+@click.option("--metric", default="gate", show_default=True, type=click.Choice(["gate", "lfw_acc"]),
+              help="Headline number to compare: the gate metric (registry.gate_metric) or LFW-style accuracy.")
+@click.option("--repo", default=".", show_default=True, type=click.Path(file_okay=False, exists=True),
+              help="DVC repository in which revisions and experiment names are read.")
+def compare(a: str, b: str, metric: str, repo: str) -> None:
+    """Two runs' leaderboards side by side: each model's gate metric in A, in B, and B - A.
+
+    A and B: a metrics/headline.json file, `workspace`, a git revision (HEAD, main, a tag) or an
+    experiment name from `dvc exp show`. B defaults to the workspace, so `facekd compare HEAD`
+    shows what the current run changed.
+    """
+    from facekd.evaluation.compare import load, table
+
+    click.echo(table(load(a, Path(repo)), load(b, Path(repo)), metric), nl=False)
+
+
+@cli.command()
+@click.argument("revisions", nargs=-1)
+@click.option("--out", default="dvc_plots", show_default=True, type=click.Path(file_okay=False),
+              help="Folder for the page (DVC's -o).")
+def plots(revisions: tuple[str, ...], out: str) -> None:
+    """`dvc plots show` (or `dvc plots diff REVISIONS...`) as a page that works offline.
+
+    One ROC per benchmark with every model on it, TAR against a log FAR (dvc.yaml's `plots:`
+    section). The Vega libraries are written into the page, so it renders without a network.
+    """
+    from facekd.evaluation.dvcplots import render
+
+    click.echo(f"{render(revisions, Path(out))}: open it in a browser (no network needed)")
 
 
 def main() -> None:

@@ -19,7 +19,8 @@ from facekd.errors import ConfigError
 
 DISTILL_METHODS = ("none", "feature", "logit", "arcdistill", "adadistill", "qud", "thkd", "shkd", "gkd")
 # shkd needs its own teacher stage (fine-tuned through the `none` student's head), so it runs as
-# the dedicated stages `shkd_teacher` + `distill_shkd` rather than in the `distill` foreach.
+# its own stages (`shkd_teacher@shkd`, `shkd_features@shkd`, `distill_shkd@shkd`, switched by
+# `distill.head_sharing`) rather than in the `distill` foreach.
 FOREACH_METHODS = tuple(m for m in DISTILL_METHODS if m != "shkd")
 ALL_MODELS = ("teacher", *FOREACH_METHODS, "shkd")
 
@@ -162,9 +163,28 @@ class OptimParams(Section):
     deterministic: bool = True
 
 
-class TeacherParams(Section):
-    """The teacher: its backbone, head and training run."""
+class OnnxTeacherParams(Section):
+    """An ONNX-only teacher (``teacher.source: onnx``, e.g. insightface's ``w600k_r50.onnx``) and how
+    to feed it (facekd.models.onnx_backbone). The defaults are right for insightface's packs."""
 
+    # A .onnx file, or a folder holding exactly one. A dependency of train_teacher, so it must
+    # exist even when teacher.source is "train" (then the near-empty data/raw/teacher/).
+    path: str = "data/raw/teacher"
+    color: Literal["rgb", "bgr"] = "rgb"  # channel order the model was trained on
+    mean: float = Field(127.5, ge=0.0, le=255.0)  # input = (pixel - mean) / std
+    std: float = Field(127.5, gt=0.0)
+    # "auto": raw pixels when the graph starts with Sub and Mul nodes (insightface's own test)
+    normalization: Literal["auto", "outside", "inside"] = "auto"
+    batch_size: int = Field(64, ge=1, le=1 << 16)
+    threads: int = Field(0, ge=0, le=1024)  # onnxruntime intra-op threads; 0 = all cores
+    sanity_images: int = Field(64, ge=4, le=10_000)  # training images of the "is this a face embedder?" check
+
+
+class TeacherParams(Section):
+    """The teacher: trained here (``source: train``: backbone, head, optim) or imported from ONNX."""
+
+    source: Literal["train", "onnx"] = "train"
+    onnx: OnnxTeacherParams = OnnxTeacherParams()
     backbone: BackboneParams = BackboneParams(arch="iresnet50")
     head: HeadParams = HeadParams()
     optim: OptimParams = OptimParams()
@@ -234,6 +254,9 @@ class DistillParams(Section):
     optim: OptimParams = OptimParams()
     teacher_source: Literal["cache", "online"] = "cache"
     cache_dtype: Literal["float32", "float16"] = "float32"
+    # SH-KD's chain of stages (shkd_teacher@shkd -> shkd_features@shkd -> distill_shkd@shkd): it
+    # fine-tunes a copy of the teacher, so [] leaves it out (required with an ONNX teacher).
+    head_sharing: tuple[Literal["shkd"], ...] = ("shkd",)
     none: Section = Section()
     feature: FeatureKD = FeatureKD()
     logit: LogitKD = LogitKD()
@@ -248,7 +271,7 @@ class DistillParams(Section):
     def _known_methods(self) -> "DistillParams":
         unknown = [m for m in self.methods if m not in FOREACH_METHODS]
         if unknown:
-            hint = " (shkd runs as its own stages shkd_teacher + distill_shkd)" if "shkd" in unknown else ""
+            hint = " (shkd runs as its own stages, switched by distill.head_sharing)" if "shkd" in unknown else ""
             raise ValueError(f"unknown method(s) {unknown} in distill.methods; valid: {list(FOREACH_METHODS)}{hint}")
         if "qud" in self.methods and self.qud.queue_size % self.optim.batch_size:
             raise ValueError(
@@ -325,6 +348,10 @@ class RegistryParams(Section):
     # `facekd verify` decides at this FAR, with the threshold the gate metric's benchmark recorded
     # (one of evaluate.far_targets).
     verify_far: float = Field(1e-3, gt=0.0, lt=1.0)
+    # Largest drop of the gate metric from the float model to its INT8 copy (float minus INT8, in
+    # the gate metric's units: 0.01 = 1 percentage point) that `promote` accepts; None: off, releases
+    # are judged on the float model only. Needs export.int8.enabled (facekd.registry.int8_verdict).
+    max_int8_drop: float | None = Field(None, ge=0.0, le=1.0)
 
 
 class TrackingParams(Section):
@@ -353,11 +380,24 @@ class Params(Section):
 
     @model_validator(mode="after")
     def _known_models(self) -> "Params":
-        known = ("teacher", *self.distill.methods, "shkd")
+        known = ("teacher", *self.distill.methods, *self.distill.head_sharing)
         for key, models in (("evaluate.models", self.evaluate.models), ("export.models", self.export.models)):
             unknown = [m for m in models if m not in known]
             if unknown:
                 raise ValueError(f"{key} names {unknown}, which no stage trains; valid: {list(known)}")
+        return self
+
+    @model_validator(mode="after")
+    def _onnx_teacher(self) -> "Params":
+        if self.teacher.source != "onnx":
+            return self
+        if self.distill.head_sharing:
+            raise ValueError("teacher.source is 'onnx': SH-KD fine-tunes the teacher, and an ONNX file has no "
+                             "trainable weights here; set distill.head_sharing: [] (and drop shkd from "
+                             "evaluate.models / export.models)")
+        if "teacher" in self.export.models:
+            raise ValueError("teacher.source is 'onnx': the teacher already is an ONNX file; drop 'teacher' "
+                             "from export.models")
         return self
 
 

@@ -9,6 +9,7 @@ deletes nothing but an earlier output.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -17,7 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any
 
-from facekd.errors import ConfigError, FacekdError
+from facekd.errors import ConfigError, DataError, FacekdError
 
 # Folders inside the working directory that no output may be or hold: the project's history
 # (git) and DVC's cache of every data version.
@@ -71,6 +72,18 @@ def write_bytes(target: str | Path, data: bytes) -> None:
 
 def write_text(target: str | Path, text: str) -> None:
     write_bytes(target, text.encode())
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, streamed (a teacher's weights may be hundreds of MB)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 22), b""):
+                h.update(block)
+    except FileNotFoundError:
+        raise DataError(f"{path}: missing") from None
+    return h.hexdigest()
 
 
 def write_json(target: str | Path, obj: Any) -> None:

@@ -11,6 +11,15 @@
   ``promoted_at`` and ``metric_delta``; those tags form the chain :func:`rollback` walks back.
 - Every problem is a :class:`RegistryError` raised before any alias moves, so the champion is
   never left half-changed.
+- The INT8 copy (``exports/<model>.int8.onnx``, evaluated as ``<model>.int8``) is registered *in
+  the same version* as its float parent: a second MLflow ONNX model ``int8/`` in the same run
+  (``runs:/<run_id>/int8``), with version tags ``int8_*`` (file hash, gate value, drop from float and
+  its paired interval, cosine) and ``int8.eval.<metric>`` (every INT8 evaluation number). Why not
+  a linked registered model: a release is the pair, and the gate judges the pair; one version
+  means one alias move promotes (and :func:`rollback` restores) float and INT8 together, with no
+  second alias to keep in step and no window where ``champion`` names a float model whose INT8
+  copy is another's. With ``registry.max_int8_drop`` set, :func:`promote` refuses a candidate
+  whose INT8 copy loses more than that on the gate metric (:func:`int8_verdict`).
 
 Everything goes through an explicit ``MlflowClient`` (no global tracking URI, no active run).
 The URI is ``MLFLOW_TRACKING_URI`` when set, else ``tracking.uri``.
@@ -44,10 +53,14 @@ log = logging.getLogger(__name__)
 CANDIDATE = "candidate"
 CHAMPION = "champion"
 MODEL_ARTIFACT = "model"
+INT8_ARTIFACT = "int8"  # the INT8 copy's MLflow model, beside MODEL_ARTIFACT in the same run
+INT8_EVAL_TAG = "int8.eval."  # version tags int8.eval.<benchmark>.<metric>: the INT8 copy's numbers
 METRICS_DIR = Path("metrics/eval")
 REGISTRY_REPORT = Path("reports/registry.json")
 MODEL_CARD_REPORT = Path("reports/model_card.md")  # the candidate's card, beside the leaderboard
 HISTORY_TAG = "champion_history"
+EVAL_TAG = "eval."  # version tags eval.<benchmark>.<metric>, one number each
+LEGACY_EVAL_TAG = "eval_metrics"  # the JSON blob of versions registered before the eval.* tags
 HISTORY_KEEP = 50
 NO_VERSION = "none"
 # An unreachable server must fail in seconds, not after MLflow's default 7 retries with backoff.
@@ -229,6 +242,47 @@ def _params_m(name: str) -> float:
 
 
 @dataclass(frozen=True)
+class Int8Evidence:
+    """The candidate's INT8 copy: its file and evaluation, and how far it falls from the float model.
+
+    ``drop`` is float minus INT8 on the gate metric (positive: INT8 is worse); ``drop_low`` /
+    ``drop_high`` its paired 95% interval on the report's resamples (None without one).
+    """
+
+    onnx_path: Path
+    onnx_sha256: str
+    metrics: dict[str, Any]
+    gate_value: float
+    drop: float
+    drop_low: float | None
+    drop_high: float | None
+    cosine: dict[str, Any]  # min / median / images over the evaluation images
+
+    def record(self, max_drop: float | None) -> dict[str, Any]:
+        """reports/registry.json's ``int8`` entry, with the gate's verdict at ``max_drop``."""
+        passed, reason = int8_verdict(self.drop, max_drop)
+        return {"onnx_sha256": self.onnx_sha256, "gate_value": self.gate_value, "drop": self.drop,
+                "drop_low": self.drop_low, "drop_high": self.drop_high,
+                "cosine_min": self.cosine.get("min"), "cosine_median": self.cosine.get("median"),
+                "max_drop": max_drop, "passes_gate": passed, "reason": reason}
+
+
+def int8_verdict(drop: float, max_drop: float | None) -> tuple[bool | None, str]:
+    """(passes, reason) of the INT8 gate: a drop (float minus INT8, gate units) up to ``max_drop``
+    passes; None when the gate is off.
+
+    The point value decides, not the interval's upper end: on a small evaluation set the interval
+    spans several points even when INT8 and float agree (embedded: +-1.3 points with a drop of 0),
+    so a bound would refuse every release; the interval is recorded beside it.
+    """
+    if max_drop is None:
+        return None, f"INT8 drop {drop:+.6g} (registry.max_int8_drop off: float-only release)"
+    if drop > max_drop:
+        return False, f"INT8 copy loses {drop:+.6g} on the gate metric, more than registry.max_int8_drop {max_drop:g}"
+    return True, f"INT8 drop {drop:+.6g} within registry.max_int8_drop {max_drop:g}"
+
+
+@dataclass(frozen=True)
 class Candidate:
     """Everything on disk that goes into one registered version."""
 
@@ -243,6 +297,7 @@ class Candidate:
     meta: dict[str, Any]
     operating_point: dict[str, Any]
     selection: Selection | None = None
+    int8: Int8Evidence | None = None
 
     @property
     def checks_passed(self) -> bool:
@@ -285,7 +340,43 @@ def gather_candidate(params: Params, model_name: str) -> Candidate:
     except FacekdError as err:
         raise RegistryError(f"model '{model_name}': {err}") from None
     point = operating_point(metrics, metric, params.registry.verify_far)
-    return Candidate(model_name, model_dir(model_name), path, sha, report, metrics, metric, value, meta, point)
+    int8 = gather_int8(params, model_name, value)
+    return Candidate(model_name, model_dir(model_name), path, sha, report, metrics, metric, value, meta, point,
+                     int8=int8)
+
+
+def gather_int8(params: Params, model_name: str, float_value: float) -> Int8Evidence | None:
+    """The INT8 copy of ``model_name`` and its evaluation; None (logged) when it has none.
+
+    RegistryError when the evaluation is of another file than ``exports/<model>.int8.onnx`` (it was
+    re-exported since) or lacks the gate metric.
+    """
+    import hashlib
+
+    from facekd.evaluation.int8 import COSINE_KEY, exported_files, int8_metrics, int8_name
+    from facekd.evaluation.uncertainty import gate_study
+
+    path = exported_files(model_name)[1]
+    try:
+        metrics = int8_metrics(model_name, METRICS_DIR)
+    except FacekdError as err:
+        raise RegistryError(str(err)) from None
+    if metrics is None or not path.is_file():
+        log.info("%s: no INT8 copy evaluated (%s, %s); registering the float model only", model_name, path,
+                 metrics_path(int8_name(model_name)))
+        return None
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    if metrics.get("onnx_sha256") != sha:
+        raise RegistryError(f"{metrics_path(int8_name(model_name))}: evaluates another file than {path} (re-exported "
+                            f"since); run `facekd evaluate {model_name} --int8` (dvc repro) again")
+    metric = params.registry.gate_metric
+    value = gate_value(metrics, metric, model=int8_name(model_name), source=str(metrics_path(int8_name(model_name))))
+    study = gate_study((model_name,), metric, params.evaluate.bootstrap, baseline=model_name,
+                       contrasts={"int8": (int8_name(model_name), model_name)})
+    paired = study.contrasts.get("int8") if study is not None else None
+    return Int8Evidence(path, sha, metrics, value, float_value - value,
+                        None if paired is None else -paired.high, None if paired is None else -paired.low,
+                        dict(metrics.get(COSINE_KEY) or {}))
 
 
 def _ensure_registered_model(client: MlflowClient, name: str) -> None:
@@ -320,9 +411,11 @@ def _by_alias(client: MlflowClient, name: str, alias: str) -> ModelVersion | Non
         return None
 
 
-def _find_version(client: MlflowClient, name: str, sha256: str) -> ModelVersion | None:
-    """The newest version of ``name`` whose ONNX file has this sha256."""
-    same = [mv for mv in client.search_model_versions(f"name='{name}'") if mv.tags.get("onnx_sha256") == sha256]
+def _find_version(client: MlflowClient, name: str, sha256: str, int8_sha256: str | None = None) -> ModelVersion | None:
+    """The newest version of ``name`` whose ONNX file has this sha256 and whose INT8 copy this one
+    (None: registered without one): a new INT8 file is a new version, since the artifact changed."""
+    same = [mv for mv in client.search_model_versions(f"name='{name}'")
+            if mv.tags.get("onnx_sha256") == sha256 and mv.tags.get("int8_onnx_sha256") == int8_sha256]
     return max(same, key=lambda mv: int(mv.version), default=None)
 
 
@@ -342,7 +435,7 @@ def _version_tags(cand: Candidate) -> dict[str, str]:
         "export_failures": "; ".join(checks.get("failures", []))[:5000],
         "gate_metric": cand.gate_metric,
         "gate_value": repr(cand.gate_value),
-        "eval_metrics": json.dumps(cand.metrics, sort_keys=True),
+        **_eval_tags(cand.metrics),
         "data_hash": str(cand.meta.get("data_hash")),
         "params_m": str(cand.meta.get("params_m", cand.metrics.get("params_m"))),
         "verify_far": repr(cand.operating_point["far"]),
@@ -351,7 +444,29 @@ def _version_tags(cand: Candidate) -> dict[str, str]:
         **({"gate_low": repr(cand.selection.gate_low), "gate_high": repr(cand.selection.gate_high)}
            if cand.selection is not None and cand.selection.gate_low is not None else {}),
         **({"selection": cand.selection.reason[:5000]} if cand.selection is not None else {}),
+        **(_int8_tags(cand.int8) if cand.int8 is not None else {}),
     }
+
+
+def _int8_tags(int8: Int8Evidence) -> dict[str, str]:
+    """What the INT8 gate reads (``int8.eval.<metric>`` for any gate metric) and what a user looks for."""
+    from facekd.evaluation.int8 import COSINE_KEY
+
+    def number(value: float | None) -> str:
+        return NO_VERSION if value is None else repr(value)
+
+    numbers = _flat_numbers({k: v for k, v in int8.metrics.items() if k != COSINE_KEY})
+    return {"int8_onnx_sha256": int8.onnx_sha256, "int8_artifact": INT8_ARTIFACT,
+            "int8_gate_value": repr(int8.gate_value), "int8_drop": repr(int8.drop),
+            "int8_drop_low": number(int8.drop_low), "int8_drop_high": number(int8.drop_high),
+            "int8_cosine_min": number(int8.cosine.get("min")), "int8_cosine_median": number(int8.cosine.get("median")),
+            **{INT8_EVAL_TAG + name: repr(value) for name, value in numbers.items()}}
+
+
+def _eval_tags(metrics: dict[str, Any]) -> dict[str, str]:
+    """One readable tag per evaluation number (``eval.ijb.tar_at_far_1e-3`` = ``0.08``), not one JSON blob:
+    the MLflow UI lists them, and the gate reads the one it needs (:func:`version_metric`)."""
+    return {EVAL_TAG + name: repr(value) for name, value in _flat_numbers(metrics).items()}
 
 
 def _flat_numbers(tree: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -373,7 +488,17 @@ def _model_card(params: Params, cand: Candidate, git_commit: str | None) -> dict
     return build_card(model=cand.model, meta=cand.meta, metrics=cand.metrics, export_report=cand.export_report,
                       onnx_sha256=cand.onnx_sha256, gate_metric=cand.gate_metric, gate_value=cand.gate_value,
                       git_commit=git_commit, operating_point=cand.operating_point,
-                      eval_data={"source": params.data.source, "path": str(params.data.eval_dir)})
+                      eval_data={"source": params.data.source, "path": str(params.data.eval_dir)},
+                      int8_eval=_card_int8(cand))
+
+
+def _card_int8(cand: Candidate) -> dict[str, Any] | None:
+    """The INT8 copy's evaluation as the model card states it (None without one)."""
+    if cand.int8 is None:
+        return None
+    q = cand.int8
+    return {"gate_metric": cand.gate_metric, "float_value": cand.gate_value, "int8_value": q.gate_value,
+            "drop": q.drop, "drop_low": q.drop_low, "drop_high": q.drop_high, "cosine": q.cosine}
 
 
 def _write_model_files(cand: Candidate, card: dict[str, Any], root: Path) -> None:
@@ -387,25 +512,31 @@ def _write_model_files(cand: Candidate, card: dict[str, Any], root: Path) -> Non
     from facekd.export.model_card import render_markdown
     from facekd.export.onnx import IMAGE_SIZE, INPUT_NAME, OUTPUT_NAME
 
-    proto = onnx.load(str(cand.onnx_path))
-    dim = proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
-    signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, IMAGE_SIZE, IMAGE_SIZE), INPUT_NAME)]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim), OUTPUT_NAME)]),
-    )
-    example = {INPUT_NAME: np.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)}  # a mid-grey image
-    mlflow.onnx.save_model(
-        proto,
-        str(root / MODEL_ARTIFACT),
-        signature=signature,
-        input_example=example,
-        pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
-        save_as_external_data=False,
-        # What the export checks ran on; MLflow's default also lists CUDA and warns on every load
-        # where onnxruntime has no CUDA build.
-        onnx_execution_providers=["CPUExecutionProvider"],
-        metadata={"facekd_model": cand.model, "onnx_sha256": cand.onnx_sha256},
-    )
+    def save(path: Path, dest: str, metadata: dict[str, str]) -> None:
+        proto = onnx.load(str(path))
+        dim = proto.graph.output[0].type.tensor_type.shape.dim[-1].dim_value
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, 3, IMAGE_SIZE, IMAGE_SIZE), INPUT_NAME)]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, dim), OUTPUT_NAME)]),
+        )
+        example = {INPUT_NAME: np.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)}  # a mid-grey image
+        mlflow.onnx.save_model(
+            proto,
+            str(root / dest),
+            signature=signature,
+            input_example=example,
+            pip_requirements=[f"onnx=={onnx.__version__}", f"onnxruntime=={onnxruntime.__version__}"],
+            save_as_external_data=False,
+            # What the export checks ran on; MLflow's default also lists CUDA and warns on every load
+            # where onnxruntime has no CUDA build.
+            onnx_execution_providers=["CPUExecutionProvider"],
+            metadata={"facekd_model": cand.model, **metadata},
+        )
+
+    save(cand.onnx_path, MODEL_ARTIFACT, {"onnx_sha256": cand.onnx_sha256})
+    if cand.int8 is not None:  # same input and output as the float model; its parent named in the metadata
+        save(cand.int8.onnx_path, INT8_ARTIFACT, {"onnx_sha256": cand.int8.onnx_sha256, "precision": "int8",
+                                                  "float_onnx_sha256": cand.onnx_sha256})
     (root / "model_card").mkdir()
     (root / "model_card" / "model_card.json").write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     (root / "model_card" / "model_card.md").write_text(render_markdown(card))
@@ -427,12 +558,13 @@ def _log_version(client: MlflowClient, params: Params, cand: Candidate, card: di
     try:
         with tempfile.TemporaryDirectory() as tmp:
             _write_model_files(cand, card, Path(tmp))
-            for sub in (MODEL_ARTIFACT, "model_card", "export"):
+            for sub in (MODEL_ARTIFACT, *([INT8_ARTIFACT] if cand.int8 else []), "model_card", "export"):
                 client.log_artifacts(run_id, str(Path(tmp) / sub), sub)
         for name in ("backbone.pt", "meta.json"):
             client.log_artifact(run_id, str(cand.model_dir / name), "pytorch")
         now = int(datetime.now(timezone.utc).timestamp() * 1000)
-        numbers = {**_flat_numbers(cand.metrics), "gate": cand.gate_value}
+        numbers = {**_flat_numbers(cand.metrics), "gate": cand.gate_value,
+                   **({"int8.gate": cand.int8.gate_value, "int8.drop": cand.int8.drop} if cand.int8 else {})}
         fields = {"model": cand.model, "method": cand.meta.get("method", cand.model), "arch": cand.meta.get("arch"),
                   "teacher": cand.meta.get("teacher"), "data_hash": cand.meta.get("data_hash"),
                   "gate_metric": cand.gate_metric, "onnx_sha256": cand.onnx_sha256, "git_commit": commit}
@@ -477,7 +609,7 @@ def register_candidate(params: Params, model_name: str, selection: Selection | N
     name = params.registry.model_name
     with open_registry(params) as client:
         _ensure_registered_model(client, name)
-        version = _find_version(client, name, cand.onnx_sha256)
+        version = _find_version(client, name, cand.onnx_sha256, cand.int8.onnx_sha256 if cand.int8 else None)
         reused = version is not None
         if version is None:
             version = _log_version(client, params, cand, card)
@@ -496,6 +628,7 @@ def register_candidate(params: Params, model_name: str, selection: Selection | N
         "export_checks_passed": cand.checks_passed,
         "tracking_uri": tracking_uri(params),
         "selection": selection.record() if selection is not None else None,
+        "int8": cand.int8.record(params.registry.max_int8_drop) if cand.int8 is not None else None,
     }
     # The file leaves out "reused" so an unchanged registration rewrites identical bytes (DVC output).
     write_json(REGISTRY_REPORT, {k: v for k, v in result.items() if k != "reused"})
@@ -513,20 +646,68 @@ class Decision:
     promote: bool
     reason: str
     delta: float | None = None
+    int8_drop: float | None = None  # float minus INT8 on the gate metric, when the INT8 gate ran
 
 
 def version_metric(version: ModelVersion, metric: str, *, role: str) -> float:
-    """The gate metric of a registered version, from its ``eval_metrics`` tag."""
+    """The gate metric of a registered version, from its ``eval.<metric>`` tag (or, for a version an
+    older facekd registered, its ``eval_metrics`` JSON tag)."""
+    from facekd.tracking import metric_name
+
     where = f"{role} version {version.version} (model '{version.tags.get('model', '?')}')"
+    key = EVAL_TAG + metric_name(metric)
+    if key in version.tags:
+        try:
+            value = float(version.tags[key])
+        except ValueError:
+            raise RegistryError(f"{where}: tag {key} = {version.tags[key][:40]!r} is not a number; "
+                                "register the model again") from None
+        return gate_value({metric: value}, metric, model=version.tags.get("model", "?"), source=f"{where}, tag {key}")
+    if LEGACY_EVAL_TAG not in version.tags:
+        shown = sorted(k for k in version.tags if k.startswith(EVAL_TAG))
+        raise RegistryError(
+            f"{where}: no tag {key} for gate metric '{metric}' (its evaluation tags: {', '.join(shown[:12]) or 'none'}"
+            f"{', ...' if len(shown) > 12 else ''}); evaluate it on that benchmark and register it again, or "
+            "change registry.gate_metric")
     try:
-        metrics = json.loads(version.tags.get("eval_metrics", "{}"))
+        metrics = json.loads(version.tags[LEGACY_EVAL_TAG])
     except ValueError:
         raise RegistryError(f"{where}: its eval_metrics tag is not JSON; register the model again") from None
     return gate_value(metrics, metric, model=version.tags.get("model", "?"), source=f"{where}, tag eval_metrics")
 
 
-def decide(candidate: ModelVersion, champion: ModelVersion | None, metric: str, min_improvement: float) -> Decision:
-    """The promotion gate. RegistryError when the candidate must never be promoted as it stands."""
+def int8_drop(version: ModelVersion, metric: str, *, role: str = "candidate") -> float:
+    """Float minus INT8 on ``metric`` for a registered version, from its ``eval.*`` and ``int8.eval.*`` tags.
+
+    RegistryError when the version has no INT8 copy or no INT8 reading of ``metric``.
+    """
+    from facekd.tracking import metric_name
+
+    where = f"{role} version {version.version} (model '{version.tags.get('model', '?')}')"
+    if "int8_onnx_sha256" not in version.tags:
+        raise RegistryError(
+            f"{where} was registered without an INT8 copy, and registry.max_int8_drop is set (releases ship INT8); "
+            "set export.int8.enabled, `dvc repro` and register again, or set registry.max_int8_drop: null for a "
+            "float-only release. The champion was not changed.")
+    key = INT8_EVAL_TAG + metric_name(metric)
+    try:
+        quantized = float(version.tags[key])
+    except (KeyError, ValueError):
+        quantized = math.nan
+    if not math.isfinite(quantized):
+        raise RegistryError(f"{where}: no number in tag {key} (its INT8 copy's {metric}); evaluate the INT8 copy on "
+                            "that benchmark and register again, or change registry.gate_metric. The champion was "
+                            "not changed.")
+    return version_metric(version, metric, role=role) - quantized
+
+
+def decide(candidate: ModelVersion, champion: ModelVersion | None, metric: str, min_improvement: float,
+           max_int8_drop: float | None = None) -> Decision:
+    """The promotion gate. RegistryError when the candidate must never be promoted as it stands.
+
+    With ``max_int8_drop`` the candidate's INT8 copy must also stay within it (:func:`int8_verdict`),
+    whether or not there is a champion.
+    """
     if champion is not None and str(champion.version) == str(candidate.version):
         return Decision(False, f"candidate version {candidate.version} is already the champion")
     if candidate.tags.get("export_checks_passed") != "true":
@@ -539,23 +720,30 @@ def decide(candidate: ModelVersion, champion: ModelVersion | None, metric: str, 
     if candidate.tags.get("rolled_back_at"):
         when = candidate.tags["rolled_back_at"]
         return Decision(False, f"candidate version {candidate.version} was rolled back at {when}; register a new model")
+    drop, int8_note = None, ""
+    if max_int8_drop is not None:
+        drop = int8_drop(candidate, metric)
+        passed, why = int8_verdict(drop, max_int8_drop)
+        if not passed:
+            return Decision(False, f"candidate version {candidate.version} refused: {why}", None, drop)
+        int8_note = f"; {why}"
     if champion is None:
-        return Decision(True, f"no champion yet; candidate {metric} = {value:.6g}")
+        return Decision(True, f"no champion yet; candidate {metric} = {value:.6g}{int8_note}", None, drop)
     champion_value = version_metric(champion, metric, role="champion")
     delta = value - champion_value
     low = _float_tag(candidate, "gate_low")
     if low is None:  # registered without intervals: the point values decide
         verdict = "beats" if delta > min_improvement else "does not beat"
         reason = (f"candidate version {candidate.version} {verdict} champion version {champion.version} on {metric}: "
-                  f"delta {delta:+.6g}, needs > {min_improvement:g} (no interval recorded)")
-        return Decision(delta > min_improvement, reason, delta)
+                  f"delta {delta:+.6g}, needs > {min_improvement:g} (no interval recorded){int8_note}")
+        return Decision(delta > min_improvement, reason, delta, drop)
     # Beyond noise: even the low end of the candidate's 95% interval clears the champion's value.
     margin = low - champion_value
     verdict = "beats" if margin > min_improvement else "does not beat"
     reason = (f"candidate version {candidate.version} {verdict} champion version {champion.version} on {metric} "
               f"beyond noise: delta {delta:+.6g}, its 95% lower bound {low:.6g} is {margin:+.6g} from the "
-              f"champion's {champion_value:.6g}, needs > {min_improvement:g}")
-    return Decision(margin > min_improvement, reason, delta)
+              f"champion's {champion_value:.6g}, needs > {min_improvement:g}{int8_note}")
+    return Decision(margin > min_improvement, reason, delta, drop)
 
 
 def _float_tag(version: ModelVersion, key: str) -> float | None:
@@ -584,12 +772,18 @@ def promote(params: Params) -> dict[str, Any]:
         if candidate is None:
             raise RegistryError(f"registered model '{name}' has no '{CANDIDATE}' alias; run `facekd register` first")
         champion = _by_alias(client, name, CHAMPION)
-        decision = decide(candidate, champion, metric, params.registry.min_improvement)
+        max_drop = params.registry.max_int8_drop
+        decision = decide(candidate, champion, metric, params.registry.min_improvement, max_drop)
         now = _now()
         client.set_model_version_tag(name, candidate.version, "last_gate_decision", f"{now}: {decision.reason}")
+        if decision.int8_drop is not None:  # the INT8 gate's own record, refused or passed
+            passed, why = int8_verdict(decision.int8_drop, max_drop)
+            client.set_model_version_tag(name, candidate.version, "int8_gate",
+                                         f"{now}: {'passed' if passed else 'refused'}: {why}")
         result = {"registered_model": name, "candidate": str(candidate.version), "gate_metric": metric,
                   "champion_before": str(champion.version) if champion else None, "promoted": decision.promote,
-                  "reason": decision.reason, "metric_delta": decision.delta}
+                  "reason": decision.reason, "metric_delta": decision.delta, "int8_drop": decision.int8_drop,
+                  "max_int8_drop": max_drop}
         if not decision.promote:
             log.debug("champion unchanged: %s", decision.reason)
             return {**result, "champion": result["champion_before"]}
@@ -660,8 +854,9 @@ class ChampionModel:
     __call__ = embed
 
 
-def load_champion(params: Params, alias: str = CHAMPION) -> ChampionModel:
-    """Download ``models:/<name>@<alias>`` (pinned to the version the alias points at) for inference."""
+def load_champion(params: Params, alias: str = CHAMPION, *, int8: bool = False) -> ChampionModel:
+    """Download ``models:/<name>@<alias>`` (pinned to the version the alias points at) for inference;
+    with ``int8`` its INT8 copy (``runs:/<run_id>/int8`` of the same version)."""
     import mlflow.artifacts
     import mlflow.onnx
 
@@ -675,6 +870,11 @@ def load_champion(params: Params, alias: str = CHAMPION) -> ChampionModel:
             fix = "run `facekd promote` first" if alias == CHAMPION else "check the alias in the MLflow UI"
             raise RegistryError(f"registered model '{name}' has no alias '{alias}' yet; {fix}")
         uri = f"models:/{name}/{champion.version}"
+        if int8:
+            if "int8_onnx_sha256" not in champion.tags:
+                raise RegistryError(f"version {champion.version} of '{name}' ({alias}) was registered without an "
+                                    "INT8 copy; set export.int8.enabled, `dvc repro` and register again")
+            uri = f"runs:/{champion.run_id}/{INT8_ARTIFACT}"
         with tempfile.TemporaryDirectory() as tmp:
             local = mlflow.artifacts.download_artifacts(
                 artifact_uri=uri, dst_path=tmp, tracking_uri=uri_root, registry_uri=uri_root

@@ -24,8 +24,9 @@ TINY = {
                 "shkd": {"teacher_epochs": 1}},
     # 32 training images: the INT8 calibration sample must fit in them.
     "export": {"exporter": "legacy", "int8": {"calibration_images": 16}},
-    # 6 evaluation identities have too few impostor pairs for TAR@FAR=1e-4: gate on accuracy.
-    "registry": {"gate_metric": "synth_lfw.accuracy"},
+    # 6 evaluation identities have too few impostor pairs for TAR@FAR=1e-4: gate on accuracy. One of
+    # synth_lfw's 40 pairs is 2.5 points, beyond params.yaml's INT8 limit of 2: allow 4 pairs.
+    "registry": {"gate_metric": "synth_lfw.accuracy", "max_int8_drop": 0.1},
 }
 
 

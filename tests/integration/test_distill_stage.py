@@ -18,7 +18,7 @@ from facekd.config import parse_params
 from facekd.data.images import encode_jpeg
 from facekd.data.recordio import write_face_rec
 from facekd.distill.registry import METHODS
-from facekd.distill.teacher import file_sha256
+from facekd.fsio import file_sha256
 from facekd.errors import ConfigError, DataError
 from facekd.models.registry import create_backbone
 from facekd.models.store import load_backbone, load_head_weight, save_model_dir

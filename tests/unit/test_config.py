@@ -30,7 +30,14 @@ def test_full_scale_presets_are_valid(preset):
         ({"teacher": {"optim": {"lr": "fast"}}}, ["teacher.optim.lr"]),
         ({"teacher": {"head": {"type": "sphereface"}}}, ["teacher.head.type", "arcface"]),
         ({"distill": {"methods": ["nonsense"]}}, ["unknown method", "adadistill"]),
-        ({"distill": {"methods": ["shkd"]}}, ["shkd_teacher"]),
+        ({"distill": {"methods": ["shkd"]}}, ["distill.head_sharing"]),
+        ({"distill": {"head_sharing": ["qud"]}}, ["distill.head_sharing", "shkd"]),
+        ({"teacher": {"source": "onnx"}}, ["SH-KD fine-tunes the teacher", "distill.head_sharing: []"]),
+        ({"teacher": {"source": "onnx"}, "distill": {"head_sharing": []}, "evaluate": {"models": ["teacher"]},
+          "export": {"models": ["teacher"]}},
+         ["drop 'teacher' from export.models"]),
+        ({"teacher": {"onnx": {"color": "yuv"}}}, ["teacher.onnx.color", "bgr"]),
+        ({"distill": {"head_sharing": []}, "evaluate": {"models": ["shkd"]}}, ["evaluate.models", "shkd"]),
         ({"distill": {"qud": {"queue_size": 100}, "optim": {"batch_size": 64}}}, ["queue_size=100", "multiple"]),
         ({"evaluate": {"models": ["teacher", "ghost"]}}, ["evaluate.models", "ghost"]),
         ({"data": {"source": "rec"}}, ["data.path is required"]),
@@ -73,7 +80,7 @@ def test_flatten_gives_dotted_keys():
     assert ALL_MODELS[0] == "teacher"
 
 
-@pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("ms1m*.yaml")), ids=lambda p: p.name)
 def test_presets_name_registered_backbones(preset):
     from facekd.models.registry import list_backbones
 
@@ -81,3 +88,12 @@ def test_presets_name_registered_backbones(preset):
     assert params.teacher.backbone.arch in list_backbones()
     assert params.distill.student.arch in list_backbones()
     assert params.data.source == "rec" and params.registry.gate_metric.startswith("ijbc.")
+
+
+def test_the_onnx_teacher_preset_is_the_embedded_default_but_for_the_teacher():
+    """configs/embedded_onnx_teacher.yaml must follow params.yaml: only the ONNX-teacher keys differ."""
+    default = flatten(load_params(ROOT / "params.yaml"))
+    preset = flatten(load_params(ROOT / "configs" / "embedded_onnx_teacher.yaml"))
+    differ = {k for k in default.keys() | preset.keys() if default.get(k) != preset.get(k)}
+    assert differ == {"teacher.source", "teacher.onnx.path", "distill.head_sharing", "evaluate.models", "export.models"}
+    assert preset["teacher.source"] == "onnx" and "shkd" not in preset["evaluate.models"]

@@ -29,7 +29,7 @@ from torch import nn
 
 from facekd.distill.base import DistillBatch, DistillMethod
 from facekd.errors import ConfigError, DataError
-from facekd.fsio import atomic_path, write_json
+from facekd.fsio import atomic_path, file_sha256, write_json
 from facekd.models.heads import MarginHead
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ EMBEDDINGS_FILE = "embeddings.npy"
 META_FILE = "meta.json"
 CACHE_DTYPES = ("float32", "float16")
 # The DVC stage that rebuilds each teacher's cache (named in stale-cache errors).
-FEATURE_STAGES = {"teacher": "teacher_features", "teacher_shkd": "shkd_features"}
+FEATURE_STAGES = {"teacher": "teacher_features", "teacher_shkd": "shkd_features@shkd"}
 LAYOUT = "(N, 2, d): raw embedding of image i, of its horizontal flip"
 # Methods whose loss a float16 cache leaves unchanged to 1e-4 (absolute), measured per method by
 # tests/unit/test_teacher_cache.py at the default params on a real tiny teacher: float16 keeps
@@ -52,23 +52,18 @@ LAYOUT = "(N, 2, d): raw embedding of image i, of its horizontal flip"
 FP16_SAFE_METHODS = frozenset({"none", "arcdistill", "feature"})
 
 
-def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, streamed (a teacher's backbone.pt may be hundreds of MB)."""
-    h = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 22), b""):
-                h.update(block)
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing") from None
-    return h.hexdigest()
-
-
 def teacher_weights_hash(model_dir: str | Path) -> str:
-    """sha256 of ``<model_dir>/backbone.pt``: identifies the teacher a cache or student was made from."""
-    from facekd.models.store import BACKBONE_FILE
+    """sha256 of the teacher's weights file (``backbone.pt``; for an ONNX teacher ``model.onnx`` and
+    its input convention): identifies the teacher a cache or student was made from."""
+    from facekd.models.store import ONNX_FORMAT, read_meta, weights_file
 
-    return file_sha256(Path(model_dir) / BACKBONE_FILE)
+    digest = file_sha256(weights_file(model_dir))
+    meta = read_meta(model_dir)
+    if meta.get("format") != ONNX_FORMAT:
+        return digest
+    # The same ONNX file fed another colour order or normalisation is another teacher.
+    convention = json.dumps(meta["input"], sort_keys=True)
+    return hashlib.sha256(f"{digest}\n{convention}".encode()).hexdigest()
 
 
 # ---- the training images a student (and its teacher cache) sees ----------------------------------
@@ -185,6 +180,37 @@ def _embed_with_flips(
             yield start, rows
             start += b
             bar.update(b)
+
+
+# ---- the teacher's classifier, when it has none (an ONNX teacher) ---------------------------------
+
+
+def class_mean_centres(cache: np.ndarray, labels: np.ndarray, num_classes: int, chunk: int = 65536) -> torch.Tensor:
+    """W_t (C, d) for a teacher shipped without its classifier: the unit mean direction of each
+    class's L2-normalised cached embeddings (both views, image and flip).
+
+    Methods that read the teacher's margin head (ArcDistill, logit KD, GKD, TH-KD, AdaDistill with
+    ``init: teacher_head``) use its rows W_t[c] as class centres. An ArcFace/CosFace head is
+    trained to put each identity's unit embeddings within a margin of its centre, so at
+    convergence w_c points along mean_{i in c} t_i / |t_i|; that mean, re-normalised, is the
+    estimate used here. tests/unit/test_onnx_teacher.py compares it with the real head of a
+    trained PyTorch teacher.
+
+    ``cache`` (N, 2, d) (a memory map is read ``chunk`` rows at a time), ``labels`` (N,) in
+    [0, C). An identity without images has no centre: that is an error, not a zero row.
+    """
+    if len(labels) != len(cache):
+        raise DataError(f"class centres: {len(labels)} labels for a cache of {len(cache)} images")
+    sums = np.zeros((num_classes, cache.shape[2]), dtype=np.float64)
+    for start in range(0, len(cache), chunk):
+        rows = np.asarray(cache[start:start + chunk], dtype=np.float64)  # (n, 2, d)
+        unit = rows / np.maximum(np.linalg.norm(rows, axis=2, keepdims=True), 1e-12)
+        np.add.at(sums, labels[start:start + chunk], unit.sum(axis=1))
+    empty = np.flatnonzero(~sums.any(axis=1))
+    if len(empty):
+        raise DataError(f"class centres: identities {empty[:10].tolist()} have no training image; re-run `facekd prepare`")
+    centres = sums / np.linalg.norm(sums, axis=1, keepdims=True)
+    return torch.from_numpy(centres.astype(np.float32))
 
 
 # ---- reading the cache ----------------------------------------------------------------------------

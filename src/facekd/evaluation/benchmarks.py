@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,32 @@ def benchmarks(eval_dir: Path) -> Iterator[tuple[str, Callable[[Embedder, Evalua
             yield key, lambda embed, cfg, name=name: ijb_protocol(ijb_root, name, embed, cfg)
     if (eval_dir / "mfr" / "probes").is_dir():
         yield "mfr", lambda embed, cfg: masked_set(eval_dir / "mfr", embed, cfg)
+
+
+@dataclass
+class Scored:
+    """One model on every benchmark of an evaluation folder."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)  # benchmark -> its metrics
+    curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)  # benchmark -> (fpr, tpr)
+    pairs: dict[str, np.ndarray] = field(default_factory=dict)  # PairScores arrays by "<benchmark>.<part>"
+
+
+def score_all(eval_dir: Path, embed: Embedder, cfg: EvaluateParams, model: str) -> Scored:
+    """Every benchmark in ``eval_dir`` scored with ``embed``; DataError when there is none.
+
+    The PyTorch model (``evaluate@<model>``) and its INT8 ONNX copy (``evaluate_int8@<model>``) both
+    go through here, so they are scored by one protocol on the same pairs.
+    """
+    found = list(benchmarks(eval_dir))
+    if not found:
+        raise DataError(f"{eval_dir}: no evaluation sets (*.bin, ijb/meta, mfr/) found; run the prepare stage")
+    scored = Scored()
+    for name, bench in found:
+        log.info("%s: %s", model, name)
+        scored.metrics[name], roc, *pairs = bench(embed, cfg)
+        if roc is not None:
+            scored.curves[name] = roc
+        if pairs:
+            pairs[0].save(scored.pairs, name)
+    return scored

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -73,6 +73,7 @@ class PairedStudy:
     gap_closed: dict[str, Interval]  # (model - baseline) / (teacher - baseline)
     n_resamples: int
     identities: int
+    contrasts: dict[str, Interval] = field(default_factory=dict)  # name -> a - b for the requested (a, b)
 
 
 def pair_identities(pairs: np.ndarray, labels: np.ndarray,
@@ -152,11 +153,14 @@ def _check(subjects: np.ndarray, labels: np.ndarray, scores: Mapping[str, np.nda
 
 def paired_study(subjects: np.ndarray, labels: np.ndarray, scores: Mapping[str, np.ndarray], metric: Metric, *,
                  baseline: str, teacher: str | None, n_resamples: int = 1000, confidence: float = 0.95,
-                 seed: int = 0) -> PairedStudy:
+                 seed: int = 0, contrasts: Mapping[str, tuple[str, str]] | None = None) -> PairedStudy:
     """Bootstrap ``metric`` of every model over identities, with differences to ``baseline``.
 
     ``subjects`` (P, 2) identity of each side of each pair, ``labels`` (P,) 1 genuine / 0
     impostor, ``scores`` model -> (P,) similarity. ``gap_closed`` is empty without ``teacher``.
+    ``contrasts`` name -> (a, b): the difference a - b on the same resamples (an INT8 copy minus
+    its float model). The resamples depend on the identities and the seed only, so the models'
+    intervals are the same whatever else is in the study.
     """
     import warnings
 
@@ -167,6 +171,10 @@ def paired_study(subjects: np.ndarray, labels: np.ndarray, scores: Mapping[str, 
     names = list(scores)
     if baseline not in scores or (teacher is not None and teacher not in scores):
         raise DataError(f"the paired study needs scores of {baseline!r} and {teacher!r}; have {names}")
+    contrasts = dict(contrasts or {})
+    unknown = sorted({m for pair in contrasts.values() for m in pair} - set(names))
+    if unknown:
+        raise DataError(f"contrasts name models without scores: {unknown}; have {names}")
     _, codes = np.unique(subjects, return_inverse=True)
     codes = codes.reshape(subjects.shape)
     n_subjects = int(codes.max()) + 1
@@ -178,8 +186,9 @@ def paired_study(subjects: np.ndarray, labels: np.ndarray, scores: Mapping[str, 
         weights = pair_weights(codes, draws.astype(np.int64), n_subjects)
         resampled = {n: sorted_scores[n].resampled(weights) for n in names}
         if min(resampled[names[0]].num_genuine, resampled[names[0]].num_impostor) == 0:  # one kind of pair only
-            return np.full(len(names) * 2 + len(with_gap), np.nan)
-        return np.array(_vector({n: metric(r) for n, r in resampled.items()}, names, baseline, teacher, with_gap))
+            return np.full(len(names) * 2 + len(with_gap) + len(contrasts), np.nan)
+        return np.array(_vector({n: metric(r) for n, r in resampled.items()}, names, baseline, teacher, with_gap,
+                                contrasts))
 
     point = {n: metric(SortedScores.from_scores(scores[n], labels)) for n in names}
     with warnings.catch_warnings():  # scipy warns about NaN readings, which _percentiles leaves out
@@ -188,22 +197,24 @@ def paired_study(subjects: np.ndarray, labels: np.ndarray, scores: Mapping[str, 
                            method="percentile", vectorized=False, rng=np.random.default_rng(seed))
     dist = result.bootstrap_distribution  # (K, n_resamples)
     low, high = _percentiles(dist, confidence)
-    values = _vector(point, names, baseline, teacher, with_gap)
+    values = _vector(point, names, baseline, teacher, with_gap, contrasts)
     rows = [Interval(float(v), float(lo), float(hi)) for v, lo, hi in zip(values, low, high, strict=True)]
     k = len(names)
     return PairedStudy(models=dict(zip(names, rows[:k], strict=True)),
                        vs_baseline=dict(zip(names, rows[k:2 * k], strict=True)),
-                       gap_closed=dict(zip(with_gap, rows[2 * k:], strict=True)),
-                       n_resamples=n_resamples, identities=n_subjects)
+                       gap_closed=dict(zip(with_gap, rows[2 * k:2 * k + len(with_gap)], strict=True)),
+                       n_resamples=n_resamples, identities=n_subjects,
+                       contrasts=dict(zip(contrasts, rows[2 * k + len(with_gap):], strict=True)))
 
 
 def _vector(values: Mapping[str, float], names: Sequence[str], baseline: str, teacher: str | None,
-            with_gap: Sequence[str]) -> list[float]:
-    """[metric per model, model - baseline per model, gap closed per non-baseline model]."""
+            with_gap: Sequence[str], contrasts: Mapping[str, tuple[str, str]] | None = None) -> list[float]:
+    """[metric per model, model - baseline per model, gap closed per non-baseline model, a - b per contrast]."""
     diffs = [values[n] - values[baseline] for n in names]
     gap = values[teacher] - values[baseline] if teacher is not None else np.nan
     closed = [(values[n] - values[baseline]) / gap if gap else np.nan for n in with_gap]
-    return [values[n] for n in names] + diffs + closed
+    paired = [values[a] - values[b] for a, b in (contrasts or {}).values()]
+    return [values[n] for n in names] + diffs + closed + paired
 
 
 def _percentiles(dist: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
@@ -213,12 +224,29 @@ def _percentiles(dist: np.ndarray, confidence: float) -> tuple[np.ndarray, np.nd
         return np.nanpercentile(dist, tail, axis=1), np.nanpercentile(dist, 100.0 - tail, axis=1)
 
 
+def _scored_pairs(root: Path, name: str, bench: str) -> PairScores | None:
+    """``name``'s scored pairs of ``bench`` from ``root/<name>.npz``; None (logged) when absent."""
+    path = root / f"{name}.npz"
+    if not path.is_file():  # not evaluated, or evaluated before facekd saved scored pairs
+        log.info("no scored pairs: %s is missing; rerun its evaluate stage", path)
+        return None
+    with np.load(path) as arrays:
+        if f"{bench}.scores" not in arrays:
+            log.info("no scored pairs: %s has none of %s", path, bench)
+            return None
+        return PairScores.load(arrays, bench)
+
+
 def gate_study(models: tuple[str, ...], gate: str, cfg: BootstrapParams, baseline: str = "none",
-               root: Path = SCORES) -> PairedStudy | None:
+               root: Path = SCORES, *, contrasts: Mapping[str, tuple[str, str]] | None = None) -> PairedStudy | None:
     """The paired bootstrap of the gate metric over identities (a PairedStudy), or None.
 
     None when intervals are off, the gate is not a TAR@FAR reading of a benchmark whose scored
-    pairs the evaluate stage saved, or ``baseline`` was not evaluated. The teacher (when evaluated) anchors the gap closed.
+    pairs the evaluate stage saved, or ``baseline`` was not evaluated. The teacher (when evaluated)
+    anchors the gap closed.
+    ``contrasts`` name -> (a, b) adds the paired difference a - b (``study.contrasts``); a model
+    named only there (an INT8 copy, ``<model>.int8``) is optional: without its scored pairs its
+    contrast is left out and the study goes on.
     """
     bench, _, key = gate.partition(".")
     if cfg.resamples == 0 or not key.startswith("tar@far=") or baseline not in models:
@@ -226,14 +254,18 @@ def gate_study(models: tuple[str, ...], gate: str, cfg: BootstrapParams, baselin
     far = float(key.removeprefix("tar@far="))
     pairs = {}
     for name in models:
-        if not (root / f"{name}.npz").is_file():  # evaluated before facekd saved scored pairs
-            log.info("no intervals: %s is missing; rerun `dvc repro evaluate@%s`", root / f"{name}.npz", name)
+        found = _scored_pairs(root, name, bench)
+        if found is None:
+            log.info("no intervals: rerun `dvc repro evaluate@%s`", name)
             return None
-        with np.load(root / f"{name}.npz") as arrays:
-            if f"{bench}.scores" not in arrays:
-                log.info("no intervals: %s has no scored pairs of %s", root / f"{name}.npz", bench)
-                return None
-            pairs[name] = PairScores.load(arrays, bench)
+        pairs[name] = found
+    kept = {}
+    for label, (a, b) in (contrasts or {}).items():
+        for name in (a, b):
+            if name not in pairs and (found := _scored_pairs(root, name, bench)) is not None:
+                pairs[name] = found
+        if a in pairs and b in pairs:
+            kept[label] = (a, b)
     first = pairs[models[0]]
     for name, scored in pairs.items():
         if not (np.array_equal(scored.labels, first.labels) and np.array_equal(scored.subjects, first.subjects)):
@@ -242,4 +274,4 @@ def gate_study(models: tuple[str, ...], gate: str, cfg: BootstrapParams, baselin
     return paired_study(first.subjects, first.labels, {n: p.scores for n, p in pairs.items()},
                         lambda s: s.tar_at_far([far])[far], baseline=baseline,
                         teacher="teacher" if "teacher" in pairs else None, n_resamples=cfg.resamples,
-                        confidence=cfg.confidence, seed=cfg.seed)
+                        confidence=cfg.confidence, seed=cfg.seed, contrasts=kept)

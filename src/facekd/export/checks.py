@@ -24,6 +24,7 @@ import numpy as np
 from facekd.config import ExportParams
 from facekd.errors import ExportError
 from facekd.export.onnx import IMAGE_SIZE, INPUT_NAME, to_input
+from facekd.models.onnx_backbone import open_session
 
 if TYPE_CHECKING:
     import onnx
@@ -211,20 +212,6 @@ def _torch_embed(model: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
 
 def _ort_embed(session: onnxruntime.InferenceSession) -> Callable[[np.ndarray], np.ndarray]:
     return lambda x: session.run(None, {INPUT_NAME: x})[0]
-
-
-def open_session(onnx_model: str | Path | bytes, threads: int = 0) -> onnxruntime.InferenceSession:
-    """A CPU onnxruntime session on a file or serialized model (the provider the validator uses);
-    0 threads = default."""
-    import onnxruntime
-
-    # onnxruntime's own log (device discovery on GPU hosts, provider notes) warns on every first
-    # session; the CPU provider is chosen on purpose, so only its errors are worth showing.
-    onnxruntime.set_default_logger_severity(3)
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    model = onnx_model if isinstance(onnx_model, bytes) else str(onnx_model)
-    return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 @contextlib.contextmanager

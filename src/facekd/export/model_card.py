@@ -40,11 +40,14 @@ def build_card(
     git_commit: str | None,
     operating_point: dict[str, Any],
     eval_data: dict[str, Any],
+    int8_eval: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything needed to judge and reproduce a registered model, as one JSON-able dict.
 
     ``operating_point`` is ``registry.operating_point``'s verify threshold; ``eval_data`` names the
-    data source and evaluation folder.
+    data source and evaluation folder; ``int8_eval`` the INT8 copy's evaluation (``gate_metric``,
+    ``float_value``, ``int8_value``, ``drop`` = float - INT8 with ``drop_low`` / ``drop_high``, and
+    ``cosine`` min / median / images over the evaluation images), None when it was not evaluated.
     """
     checks = export_report.get("checks", {})
     synthetic = eval_data.get("source") == SYNTHETIC_SOURCE
@@ -76,7 +79,7 @@ def build_card(
             "input": "data (batch, 3, 112, 112) float32, RGB, (x - 127.5) / 127.5",
             "output": "embedding (batch, d) float32, not normalised",
         },
-        "int8": _int8(export_report.get("int8")),
+        "int8": _int8(export_report.get("int8"), int8_eval, checks.get("file_bytes")),
         "export_checks": {
             "passed": bool(checks.get("passed")),
             "failures": checks.get("failures", []),
@@ -87,12 +90,49 @@ def build_card(
     }
 
 
-def _int8(report: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The export report's INT8 copy: size, calibration data and cosine to float (None when not made)."""
+def _int8(report: dict[str, Any] | None, evaluation: dict[str, Any] | None,
+          float_bytes: int | None) -> dict[str, Any] | None:
+    """The INT8 copy: size (and the float file's), calibration data, cosine to float on the export's
+    parity images, and its evaluation beside the float model's (None when not made)."""
     if not report:
         return None
-    return {key: report.get(key) for key in ("sha256", "file_bytes", "calibration_data", "calibration_images",
-                                             "kept_float", "cosine_to_float")}
+    return {**{key: report.get(key) for key in ("sha256", "file_bytes", "calibration_data", "calibration_images",
+                                                "kept_float", "cosine_to_float")},
+            "float_file_bytes": float_bytes, "evaluation": evaluation}
+
+
+def _points(rate: float | None, signed: bool = False) -> str:
+    return "not measured" if rate is None else f"{100 * rate:{'+' if signed else ''}.2f}"
+
+
+def _int8_section(int8: dict[str, Any] | None) -> str:
+    """Markdown: float and INT8 side by side (gate metric, size), the drop, the cosine, the calibration."""
+    if not int8:
+        return "No INT8 copy was made (export.int8.enabled is off)."
+    ev = int8.get("evaluation")
+    rows = []
+    if ev:
+        rows.append((f"gate: {ev['gate_metric']} (%)", _points(ev["float_value"]), _points(ev["int8_value"])))
+    rows.append(("ONNX file (bytes)", int8.get("float_file_bytes"), int8["file_bytes"]))
+    table = "| | float | INT8 |\n|---|---|---|\n" + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+    lines = [table, ""]
+    if ev:
+        interval = ("" if ev.get("drop_low") is None else
+                    f" (paired 95% interval {_points(ev['drop_low'], True)} to {_points(ev['drop_high'], True)})")
+        cos = ev.get("cosine") or {}
+        lines.append(f"- drop from float (float - INT8): {_points(ev['drop'], True)} points{interval}")
+        if cos:
+            lines.append(f"- embedding cosine INT8 vs float over the {cos.get('images')} evaluated images (each and "
+                         f"its mirror): min {cos['min']:.4f}, median {cos['median']:.4f}")
+    else:
+        lines.append("- the INT8 copy was not evaluated on the benchmarks (`dvc repro evaluate_int8`)")
+    parity = int8.get("cosine_to_float") or {}
+    if parity:
+        lines.append(f"- embedding cosine on the export's {parity.get('images')} parity images: min "
+                     f"{parity['min']:.4f}, median {parity['median']:.4f}")
+    lines.append(f"- calibration: {int8['calibration_images']} training images of `{int8['calibration_data']}`; "
+                 f"kept in float: {', '.join(int8.get('kept_float') or []) or 'nothing'}")
+    return "\n".join(lines)
 
 
 def _int8_text(int8: dict[str, Any] | None) -> str:
@@ -136,7 +176,15 @@ def describe(card: dict[str, Any]) -> str:
     gate = card["gate"]
     return (f"facekd student '{card['model']}' ({card['arch']}, {card['embedding_size']}-d): "
             f"{gate['metric']} = {gate['value']:.4f} on {data} at {card['evaluation_data']['path']}; "
-            f"{threshold_text(card)}. Input: aligned 112x112 face crops.")
+            f"{threshold_text(card)}. Input: aligned 112x112 face crops.{_int8_description(card.get('int8'))}")
+
+
+def _int8_description(int8: dict[str, Any] | None) -> str:
+    ev = (int8 or {}).get("evaluation")
+    if not ev:
+        return ""
+    return (f" INT8 copy (artifact int8/ of this version's run): {ev['gate_metric']} = {ev['int8_value']:.4f}, "
+            f"drop from float {ev['drop']:+.4f}.")
 
 
 def _rows(pairs: list[tuple[str, Any]]) -> str:
@@ -169,6 +217,7 @@ def render_markdown(card: dict[str, Any]) -> str:
         "- compare two faces by the cosine of their L2-normalised embeddings\n\n"
         f"## Evaluation data\n\n{_data_text(card['evaluation_data'])}\n\n"
         f"## Decision threshold\n\n{_threshold_section(card)}\n\n"
+        f"## INT8\n\n{_int8_section(card.get('int8'))}\n\n"
         "## Limitations\n\n" + "".join(f"- {line}\n" for line in card["limitations"]) + "\n"
         "## Evaluation metrics\n\n```json\n"
         f"{json.dumps(card['eval_metrics'], indent=2, sort_keys=True)}\n```\n"

@@ -6,6 +6,10 @@
 <dir>/meta.json     arch, embedding_size, width, dropout, fp16, params, gmacs (+ caller's keys)
 ```
 
+An ONNX-only model (an imported model-zoo teacher) holds ``model.onnx`` instead of ``backbone.pt``
+and a ``meta.json`` with ``"format": "onnx"``, its input convention and the source file's sha256;
+:func:`load_backbone` returns it as a :class:`~facekd.models.onnx_backbone.OnnxBackbone`.
+
 Each file is written atomically and ``meta.json`` last, so a directory with a ``meta.json`` is
 complete. Loading rebuilds the backbone from ``meta.json`` and loads weights strictly.
 """
@@ -30,6 +34,8 @@ BACKBONE_FILE = "backbone.pt"
 HEAD_FILE = "head.pt"
 META_FILE = "meta.json"
 REQUIRED_META = ("arch", "embedding_size", "width", "dropout")
+ONNX_FORMAT = "onnx"
+REQUIRED_ONNX_META = ("format", "embedding_size", "input")
 
 
 
@@ -113,10 +119,37 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     meta = fsio.read_json_object(
         meta_path, DataError, redo="re-create the model directory",
         missing=f"missing; {path} is not a model directory (expected {META_FILE} and {BACKBONE_FILE})")
-    missing = [key for key in REQUIRED_META if key not in meta]
+    required = REQUIRED_ONNX_META if meta.get("format") == ONNX_FORMAT else REQUIRED_META
+    missing = [key for key in required if key not in meta]
     if missing:
         raise DataError(f"{meta_path}: lacks {', '.join(missing)}; re-create the model directory")
     return meta
+
+
+def weights_file(path: str | Path) -> Path:
+    """The file holding a model directory's weights: ``model.onnx`` for an ONNX model, else ``backbone.pt``."""
+    from facekd.models.onnx_backbone import ONNX_FILE
+
+    path = Path(path)
+    return path / ONNX_FILE if (path / ONNX_FILE).is_file() else path / BACKBONE_FILE
+
+
+def save_onnx_dir(path: str | Path, source: Path, meta: dict[str, Any]) -> None:
+    """An ONNX model directory: ``source`` copied to ``model.onnx`` (atomically), ``meta.json`` last.
+
+    A stale ``backbone.pt`` / ``head.pt`` (a teacher trained here before) is removed first, so the
+    folder never holds two models.
+    """
+    from facekd.models.onnx_backbone import ONNX_FILE
+
+    path = Path(path)
+    (path / META_FILE).unlink(missing_ok=True)
+    for stale in (BACKBONE_FILE, HEAD_FILE):
+        (path / stale).unlink(missing_ok=True)
+    with fsio.atomic_path(path / ONNX_FILE) as tmp:
+        shutil.copyfile(source, tmp)
+    fsio.write_json(path / META_FILE, {**meta, "format": ONNX_FORMAT})
+    logger.info("imported %s -> %s (%s-d ONNX embedder)", source, path, meta.get("embedding_size"))
 
 
 # torch's weights_only refusal names the global the pickle asked for ("GLOBAL posix.system").
@@ -187,6 +220,8 @@ def load_backbone(path: str | Path, *, map_location: Any = "cpu") -> tuple[nn.Mo
 
     path = Path(path)
     meta = read_meta(path)
+    if meta.get("format") == ONNX_FORMAT:
+        return _load_onnx(path, meta), meta
     try:
         # Built on the CPU, not the meta device: meta-device init routes normal_ through torch._refs,
         # which imports torch._dynamo (~2.2 CPU-s per process); CPU init of iresnet100 costs ~1 s.
@@ -201,6 +236,16 @@ def load_backbone(path: str | Path, *, map_location: Any = "cpu") -> tuple[nn.Mo
         raise DataError(f"{path / META_FILE}: {err}") from None
     load_strict(model, load_state_file(path / BACKBONE_FILE, map_location), path / BACKBONE_FILE)
     return model.eval(), meta
+
+
+def _load_onnx(path: Path, meta: dict[str, Any]) -> nn.Module:
+    from facekd.models.onnx_backbone import ONNX_FILE, InputConvention, OnnxBackbone
+
+    try:
+        convention = InputConvention(**meta["input"])
+    except TypeError as err:
+        raise DataError(f"{path / META_FILE}: 'input' is not an input convention ({err}); re-import the model") from None
+    return OnnxBackbone(path / ONNX_FILE, convention, threads=int(meta.get("threads", 0)))
 
 
 def load_head_weight(path: str | Path, *, map_location: Any = "cpu") -> torch.Tensor:

@@ -50,7 +50,7 @@ def require_model(name: str) -> dict[str, Any]:
     from facekd.models.store import META_FILE, read_meta
 
     if not (model_dir(name) / META_FILE).is_file():
-        stage = {"teacher": "train_teacher", "teacher_shkd": "shkd_teacher"}.get(name, dvc_stage(name))
+        stage = {"teacher": "train_teacher", "teacher_shkd": "shkd_teacher@shkd"}.get(name, dvc_stage(name))
         raise DataError(f"{model_dir(name) / META_FILE}: missing, no trained '{name}' model here; "
                         f"run `dvc repro {stage}` first")
     return read_meta(model_dir(name))
@@ -69,7 +69,7 @@ def metrics_file(method: str) -> Path:
 
 
 def dvc_stage(method: str) -> str:
-    return "distill_shkd" if method == "shkd" else f"distill@{method}"
+    return "distill_shkd@shkd" if method == "shkd" else f"distill@{method}"
 
 
 def student_data(params: Params, *, augment: bool = True) -> Any:
@@ -140,7 +140,7 @@ def _train(params: Params, method: str, dist: Any) -> None:
     backbone = create_backbone(s.arch, embedding_size=s.embedding_size, width=s.width, dropout=s.dropout, fp16=s.fp16)
     head_weight = None
     if teacher is not None and method_class(method).requires_teacher_head(section):
-        head_weight = _teacher_head(teacher.name, method)
+        head_weight = _teacher_head(params, teacher, method, data)
     objective = DistillObjective(build_method(
         method, distill, num_classes=data.num_classes, student_dim=s.embedding_size,
         teacher_dim=teacher.dim if teacher else s.embedding_size, teacher_head=head_weight))
@@ -179,16 +179,24 @@ def _teacher_setup(params: Params, method: str, data: Any, dist: Any) -> Teacher
     return TeacherSide(name, weights, dim, feed)
 
 
-def _teacher_head(name: str, method: str) -> Any:
-    from facekd.models.store import HEAD_FILE, load_head_weight
+def _teacher_head(params: Params, teacher: TeacherSide, method: str, data: Any) -> Any:
+    """W_t (C, d): the teacher's trained head, or for an ONNX teacher (no head) the class means of
+    its cached embeddings (:func:`facekd.distill.teacher.class_mean_centres`)."""
+    from facekd.distill.teacher import class_mean_centres, open_cache
+    from facekd.models.store import HEAD_FILE, ONNX_FORMAT, load_head_weight, read_meta
 
-    path = model_dir(name) / HEAD_FILE
-    if not path.is_file():
-        raise DataError(
-            f"{path}: missing, but distill method '{method}' needs the teacher's class centres W_t; "
-            f"train {model_dir(name)} with a margin head on the same identities (dvc repro)"
-        )
-    return load_head_weight(model_dir(name))
+    folder = model_dir(teacher.name)
+    if (folder / HEAD_FILE).is_file():
+        return load_head_weight(folder)
+    if read_meta(folder).get("format") == ONNX_FORMAT:
+        cache = open_cache(features_dir(teacher.name), num_images=len(data.dataset), data_hash=data.data_hash,
+                           weights_hash=teacher.weights_sha256, dim=teacher.dim, dtype=params.distill.cache_dtype)
+        log.info("%s: W_t estimated as the class means of the ONNX teacher's cached embeddings", method)
+        return class_mean_centres(cache, data.dataset.labels, data.num_classes)
+    raise DataError(
+        f"{folder / HEAD_FILE}: missing, but distill method '{method}' needs the teacher's class centres W_t; "
+        f"train {folder} with a margin head on the same identities (dvc repro)"
+    )
 
 
 def run_config(params: Params, method: str, data_hash: str, teacher: TeacherSide | None) -> dict[str, Any]:

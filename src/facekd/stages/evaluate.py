@@ -1,15 +1,22 @@
-"""Stage ``evaluate@<model>``: every benchmark in ``data/eval`` for one model.
+"""Stages ``evaluate@<model>`` and ``evaluate_int8@<model>``: every benchmark in ``data/eval`` for
+one model, or for its INT8 ONNX copy (``exports/<model>.int8.onnx``, run by onnxruntime).
 
-Writes ``metrics/eval/<model>.json`` (DVC metrics), ``metrics/scores/<model>.npz`` (the scored
-IJB pairs, for the report's intervals), ``plots/roc/<model>.json`` (DVC plots, one ROC per
-benchmark) and logs the same numbers and a ROC PNG to the model's MLflow run.
-Embeddings are cached per model weights + benchmark + content hash of the images embedded, so
-re-scoring does not re-embed, and a benchmark replaced under the same name is embedded afresh.
+Writes, under the evaluated name (``<model>``, or ``<model>.int8``): ``metrics/eval/<name>.json``
+(DVC metrics), ``metrics/scores/<name>.npz`` (the scored IJB pairs, for the report's intervals),
+``plots/roc/<name>.json`` (DVC plots, one ROC per benchmark), ``reports/roc/<name>.png``, and logs
+the same numbers and the PNG to an MLflow run nested under the model's training run. The INT8
+metrics also hold the cosine of every evaluated image's INT8 embedding to the float ONNX file's
+(``cosine_to_float``; :mod:`facekd.evaluation.int8`).
+
+Embeddings are cached per model file + benchmark + content hash of the images embedded, so
+re-scoring does not re-embed, and a benchmark replaced under the same name is embedded afresh. The
+INT8 copy keeps its cache in its own folder (``features/eval/<model>.int8``).
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -17,52 +24,114 @@ from facekd.config import Params
 from facekd.errors import DataError
 from facekd.fsio import atomic_write, write_json
 
+if TYPE_CHECKING:
+    from torch import nn
+
+    from facekd.evaluation.benchmarks import Embedder
+
 log = logging.getLogger(__name__)
 
+FEATURES = Path("features/eval")
 
-def run(params: Params, model_name: str) -> dict:
+
+def run(params: Params, model_name: str, *, int8: bool = False) -> dict:
+    """Score ``model_name`` (with ``int8``: its INT8 ONNX copy) on every benchmark; returns the metrics."""
     import torch
 
-    from facekd.evaluation.benchmarks import benchmarks
-    from facekd.evaluation.embed import EmbeddingCache, checkpoint_hash, embed_images
-    from facekd.evaluation.plots import roc_figure, roc_points, save_png
-    from facekd.evaluation.uncertainty import SCORES
-    from facekd.models.store import load_backbone, model_dir
+    from facekd.evaluation.benchmarks import score_all
+    from facekd.evaluation.int8 import COSINE_KEY, exported_files, int8_name
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    src = model_dir(model_name)
-    if not (src / "backbone.pt").is_file():
-        raise DataError(f"{src}: no trained model (backbone.pt missing); run `dvc repro` for its training stage first")
-    model, meta = load_backbone(src)
-    eval_dir = Path(params.data.eval_dir)
-    found = list(benchmarks(eval_dir))
-    if not found:
-        raise DataError(f"{eval_dir}: no evaluation sets (*.bin, ijb/meta, mfr/) found; run the prepare stage")
-    cache = EmbeddingCache(Path("features/eval") / model_name)
-    weights = checkpoint_hash(src / "backbone.pt")
+    if int8:
+        name, (meta, header, embed) = int8_name(model_name), _int8(params, model_name)
+    else:
+        name, (meta, header, embed) = model_name, _pytorch(params, model_name)
+    scored = score_all(Path(params.data.eval_dir), embed, params.evaluate, name)
+    metrics = {**header, **scored.metrics}
+    if int8:
+        metrics[COSINE_KEY] = embed.summary(str(exported_files(model_name)[0]))
+        cos = metrics[COSINE_KEY]
+        log.info("%s: INT8 vs float embedding cosine over %d images: min %.4f, median %.4f",
+                 name, cos["images"], cos["min"], cos["median"])
+    png = _write_outputs(name, metrics, scored)
+    _log_to_mlflow(params, meta, metrics, png, name=name, stage=f"evaluate{'_int8' if int8 else ''}@{model_name}")
+    return metrics
+
+
+def _cached(cache_dir: Path, file_hash: str, model: nn.Module, batch_size: int) -> Embedder:
+    """embed(name, images) through ``model``, cached under ``cache_dir`` by model file and images."""
+    from facekd.evaluation.embed import EmbeddingCache, embed_images
+
+    cache = EmbeddingCache(cache_dir)
 
     def embed(name: str, images: np.ndarray) -> np.ndarray:
-        return cache.get_or_compute(EmbeddingCache.key(weights, name, images),
-                                    lambda: embed_images(model, images, batch_size=params.evaluate.batch_size))
+        return cache.get_or_compute(EmbeddingCache.key(file_hash, name, images),
+                                    lambda: embed_images(model, images, batch_size=batch_size))
+    return embed
 
-    metrics: dict = {"model": model_name, "arch": meta["arch"], "params_m": meta.get("params_m"), "gmacs": meta.get("gmacs")}
-    curves, points, pairs = {}, {}, {}
-    for name, bench in found:
-        log.info("%s: %s", model_name, name)
-        metrics[name], roc, *scored = bench(embed, params.evaluate)
-        if roc is not None:
-            curves[name] = roc
-            points[name] = roc_points(*roc)
-        if scored:
-            scored[0].save(pairs, name)
-    write_json(Path("metrics/eval") / f"{model_name}.json", _finite(metrics))
-    atomic_write(SCORES / f"{model_name}.npz", lambda f: np.savez(f, **pairs))  # the report's intervals
-    write_json(Path("plots/roc") / f"{model_name}.json",
-               [{"benchmark": b, **p} for b, pts in points.items() for p in pts])
-    png = Path("reports/roc") / f"{model_name}.png"
-    save_png(roc_figure(curves, f"{model_name}: ROC per benchmark"), png)
-    _log_to_mlflow(params, meta, metrics, png)
-    return metrics
+
+def _header(model_name: str, meta: dict[str, Any]) -> dict[str, Any]:
+    return {"model": model_name, "arch": meta.get("arch"), "params_m": meta.get("params_m"), "gmacs": meta.get("gmacs")}
+
+
+def _pytorch(params: Params, model_name: str) -> tuple[dict, dict, Embedder]:
+    """The model folder's backbone (trained weights, or an imported ONNX model): (meta, metrics header, embedder)."""
+    from facekd.evaluation.embed import checkpoint_hash
+    from facekd.models.store import load_backbone, model_dir, weights_file
+
+    src = model_dir(model_name)
+    weights = weights_file(src)
+    if not weights.is_file():
+        raise DataError(f"{src}: no trained model ({weights.name} missing); "
+                        "run `dvc repro` for its training stage first")
+    model, meta = load_backbone(src)
+    # an imported ONNX model's input convention is part of what it computes
+    key = checkpoint_hash(weights) + str(meta.get("input", ""))
+    embed = _cached(FEATURES / model_name, key, model, params.evaluate.batch_size)
+    return meta, _header(model_name, meta), embed
+
+
+def _int8(params: Params, model_name: str) -> tuple[dict, dict, Any]:
+    """The INT8 ONNX copy, with the float ONNX file beside it as the cosine reference.
+
+    Both run in onnxruntime through :class:`OnnxBackbone` with the project's export convention
+    (RGB ``(x - 127.5) / 127.5`` fed from outside): detecting it from a QDQ graph's leading nodes
+    would be a guess.
+    """
+    import torch
+
+    from facekd.evaluation.embed import checkpoint_hash
+    from facekd.evaluation.int8 import AgreementEmbedder, exported_files, int8_name
+    from facekd.models.onnx_backbone import InputConvention, OnnxBackbone
+    from facekd.models.store import model_dir, read_meta
+
+    meta = read_meta(model_dir(model_name))
+    float_file, quantized_file = exported_files(model_name)
+    for path in (float_file, quantized_file):
+        if not path.is_file():
+            raise DataError(f"{path}: missing; run `dvc repro export@{model_name}` with export.int8.enabled: true")
+    convention, threads = InputConvention(normalization="outside"), torch.get_num_threads()
+    batch, cache_dir = params.evaluate.batch_size, FEATURES / int8_name(model_name)
+    embed = AgreementEmbedder(
+        _cached(cache_dir, checkpoint_hash(quantized_file), OnnxBackbone(quantized_file, convention, threads), batch),
+        _cached(cache_dir, checkpoint_hash(float_file), OnnxBackbone(float_file, convention, threads), batch))
+    header = {**_header(model_name, meta), "precision": "int8", "onnx": str(quantized_file),
+              "onnx_sha256": checkpoint_hash(quantized_file, length=64)}
+    return meta, header, embed
+
+
+def _write_outputs(name: str, metrics: dict, scored: Any) -> Path:
+    """The stage's files under the evaluated ``name``; returns the ROC PNG."""
+    from facekd.evaluation.plots import roc_figure, roc_points, save_png
+    from facekd.evaluation.uncertainty import SCORES
+
+    write_json(Path("metrics/eval") / f"{name}.json", _finite(metrics))
+    atomic_write(SCORES / f"{name}.npz", lambda f: np.savez(f, **scored.pairs))  # the report's intervals
+    write_json(Path("plots/roc") / f"{name}.json",
+               [{"benchmark": b, **p} for b, roc in scored.curves.items() for p in roc_points(*roc)])
+    png = Path("reports/roc") / f"{name}.png"
+    save_png(roc_figure(scored.curves, f"{name}: ROC per benchmark"), png)
+    return png
 
 
 def _finite(obj):
@@ -74,17 +143,21 @@ def _finite(obj):
     return obj
 
 
-def _log_to_mlflow(params: Params, meta: dict, metrics: dict, png: Path) -> None:
+def _log_to_mlflow(params: Params, meta: dict, metrics: dict, png: Path, *, name: str | None = None,
+                   stage: str | None = None) -> None:
     """An evaluation run of its own, nested under the model's training run (its id is in meta.json):
-    the training run keeps its duration and tags, and the UI shows the evaluation beneath it."""
+    the training run keeps its duration and tags, and the UI shows the evaluation beneath it.
+    ``name`` (default: the model) names the run; ``stage`` (default ``evaluate@<model>``) its DVC stage."""
     from facekd.tracking import Tracker
 
+    name = name or metrics["model"]
     flat = {f"eval.{bench}.{k}": float(v) for bench, vals in metrics.items() if isinstance(vals, dict)
             for k, v in vals.items() if isinstance(v, (int, float)) and np.isfinite(v)}
     trained_by = meta.get("mlflow_run_id")
     links = {"mlflow.parentRunId": trained_by, "facekd.trained_by": trained_by} if trained_by else {}
-    tracker = Tracker.from_params(params.tracking, stage=f"evaluate@{metrics['model']}")
-    tracker.start(f"evaluate-{metrics['model']}", {}, {**links, "facekd.model": metrics["model"]}, {})
+    tags = {**links, "facekd.model": metrics["model"], "facekd.precision": metrics.get("precision", "float32")}
+    tracker = Tracker.from_params(params.tracking, stage=stage or f"evaluate@{metrics['model']}")
+    tracker.start(f"evaluate-{name}", {}, tags, {})
     tracker.log_metrics(flat, step=0)
     tracker.log_artifact(png)
     tracker.end("FINISHED")

@@ -3,7 +3,9 @@
 Reads ``metrics/eval/*.json`` and ``plots/roc/*.json``; writes ``reports/leaderboard.md``,
 ``reports/leaderboard.html``, ``reports/leaderboard.png`` (gate metric per model, bars) and
 ``reports/roc_all.png`` (IJB-style ROC of every model) and ``reports/leaderboard.txt`` (the
-columns that fit a terminal, which ``facekd summary`` prints).
+columns that fit a terminal, which ``facekd summary`` prints); and what DVC shows:
+``metrics/headline.json`` (facekd.evaluation.headline) and ``plots/roc_by_benchmark/``
+(facekd.evaluation.dvcplots).
 """
 from __future__ import annotations
 
@@ -59,9 +61,11 @@ def _with_intervals(board: pd.DataFrame, study: Any) -> pd.DataFrame:
     return board.join(pd.DataFrame.from_dict(rows, orient="index"))
 
 
-def leaderboard(metrics: dict[str, dict], gate: str, study: Any = None) -> pd.DataFrame:
+def leaderboard(metrics: dict[str, dict], gate: str, study: Any = None, int8: dict[str, dict] | None = None
+                ) -> pd.DataFrame:
     """One row per model: size, every headline metric, gate metric and the teacher gap closed;
-    with ``study`` (:func:`gate_study`) the gate's intervals and the paired test against ``none``."""
+    with ``study`` (:func:`gate_study`) the gate's intervals and the paired test against ``none``;
+    with ``int8`` (model -> its INT8 copy's metrics) the INT8 columns (:func:`_with_int8`)."""
     rows = []
     for name, m in metrics.items():
         row = {"model": name, "params (M)": m.get("params_m"), "GMACs": m.get("gmacs")}
@@ -83,12 +87,37 @@ def leaderboard(metrics: dict[str, dict], gate: str, study: Any = None) -> pd.Da
         board.loc["teacher", "gap closed"] = np.nan
     if study is not None:
         board = _with_intervals(board, study)
+    if int8:
+        board = _with_int8(board, gate, int8, study)
     students = board.drop(index="teacher", errors="ignore").sort_values(gate_col, ascending=False)
     return pd.concat([board.loc[["teacher"]] if "teacher" in board.index else None, students])
 
 
 INTERVAL_COLUMNS = ("gate low", "gate high", "vs none", "vs none low", "vs none high", "significant", "gap low",
-                    "gap high")
+                    "gap high", "INT8 low", "INT8 high")
+INT8_COLUMNS = ("INT8", "INT8 - float", "INT8 cos min", "INT8 cos median")
+
+
+def _with_int8(board: pd.DataFrame, gate: str, int8: dict[str, dict], study: Any) -> pd.DataFrame:
+    """Per model with an INT8 evaluation: its gate metric, INT8 - float (with the paired interval
+    when ``study`` has the contrast: same resamples as ``vs none``), and the float-vs-INT8 embedding
+    cosine over the evaluation images; NaN (an empty cell) for a model without one."""
+    from facekd.evaluation.int8 import COSINE_KEY
+
+    contrasts = getattr(study, "contrasts", {}) or {}
+    rows = {}
+    for name in board.index:
+        if name not in int8:
+            continue
+        value = _lookup(int8[name], gate)
+        cos = int8[name].get(COSINE_KEY) or {}
+        paired = contrasts.get(name)
+        rows[name] = {"INT8": value, "INT8 - float": value - board.loc[name, f"gate: {gate}"],
+                      "INT8 low": paired.low if paired else np.nan, "INT8 high": paired.high if paired else np.nan,
+                      "INT8 cos min": cos.get("min", np.nan), "INT8 cos median": cos.get("median", np.nan)}
+    extra = pd.DataFrame.from_dict(rows, orient="index", columns=[*INT8_COLUMNS[:2], "INT8 low", "INT8 high",
+                                                                  *INT8_COLUMNS[2:]])
+    return board.join(extra.astype(float))
 
 
 def _pct(value: float, signed: bool = False) -> str:
@@ -103,8 +132,15 @@ def _shown(board: pd.DataFrame, gate: str) -> pd.DataFrame:
         # Rates and the gap as percent; sizes as plain numbers; unsupported operating points blank.
         if col in ("params (M)", "GMACs"):
             shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{v:.3f}")
+        elif col in ("INT8 cos min", "INT8 cos median"):
+            shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
         else:
             shown[col] = shown[col].map(_pct)
+    if "INT8 low" in board.columns:
+        shown["INT8 - float"] = [
+            _pct(v, True) if pd.isna(lo) else f"{_pct(v, True)} [{_pct(lo, True)}, {_pct(hi, True)}]"
+            for v, lo, hi in zip(board["INT8 - float"], board["INT8 low"], board["INT8 high"], strict=True)]
+    int8_first = [c for c in INT8_COLUMNS if c in shown.columns]
     if "gate low" not in board.columns:
         return shown
     gate_col = f"gate: {gate}"
@@ -117,12 +153,13 @@ def _shown(board: pd.DataFrame, gate: str) -> pd.DataFrame:
     if "gap closed" in board.columns:
         shown["gap closed"] = [_pct(v) if pd.isna(lo) else f"{_pct(v)} [{_pct(lo)}, {_pct(hi)}]" for v, lo, hi in
                                zip(board["gap closed"], board["gap low"], board["gap high"], strict=True)]
-    first = [c for c in (gate_col, "vs none (paired)", "gap closed") if c in shown.columns]  # the answer first
+    # the answer first
+    first = [c for c in (gate_col, "vs none (paired)", "gap closed") if c in shown.columns] + int8_first
     return shown[first + [c for c in shown.columns if c not in first]]
 
 
-def _explanation(gate: str, study: Any) -> list[str]:
-    """The paragraphs above the table (markdown inline code in backticks)."""
+def _explanation(gate: str, study: Any, int8: bool = False) -> list[str]:
+    """The paragraphs above the table (markdown inline code in backticks); ``int8``: the INT8 columns are shown."""
     text = [f"Students ordered by the gate metric `{gate}` (percent). `gap closed`: share of the teacher - `none` "
             "gap on the gate metric that the method recovers (100 = as good as the teacher)."]
     if study is not None:
@@ -133,11 +170,19 @@ def _explanation(gate: str, study: Any) -> list[str]:
             "interval excludes 0. Rows without `*` are not shown to differ from `none`, whatever their order; "
             "two students whose intervals overlap are not ranked by this table. The intervals cover the "
             "evaluation sample, not training noise (seeds).")
+    if int8:
+        text.append(
+            "`INT8`: the gate metric of the model's INT8 ONNX copy (`exports/<model>.int8.onnx`, onnxruntime) on the "
+            "same benchmarks; `INT8 - float`: its difference to the float model" + (
+                ", paired on the same resamples (bracket: 95% interval)" if study is not None else "")
+            + "; `INT8 cos min` / `median`: cosine of each evaluation image's INT8 embedding to the float ONNX "
+            "model's. Empty: no INT8 evaluation.")
     return text
 
 
 def _markdown(board: pd.DataFrame, gate: str, study: Any = None) -> str:
-    paragraphs = [line for paragraph in _explanation(gate, study) for line in (paragraph, "")]
+    explained = _explanation(gate, study, "INT8" in board.columns)
+    paragraphs = [line for paragraph in explained for line in (paragraph, "")]
     return "\n".join([
         "# Leaderboard", "", *paragraphs,
         _shown(board, gate).to_markdown(disable_numparse=True), "",
@@ -148,7 +193,10 @@ def _markdown(board: pd.DataFrame, gate: str, study: Any = None) -> str:
 def _terminal(board: pd.DataFrame, gate: str, study: Any) -> str:
     """The few columns that fit a terminal (what `make run` ends with); the rest is in the .md/.html."""
     shown = _shown(board, gate)
-    keep = ["params (M)", f"gate: {gate}", "vs none (paired)", "gap closed"]
+    if "INT8" in board.columns:  # one short column; its interval and the cosines are in the .md/.html
+        shown["INT8 (vs float)"] = ["" if pd.isna(q) else f"{_pct(q)} ({_pct(d, True)})"
+                                    for q, d in zip(board["INT8"], board["INT8 - float"], strict=True)]
+    keep = ["params (M)", f"gate: {gate}", "vs none (paired)", "gap closed", "INT8 (vs float)"]
     table = shown[[c for c in keep if c in shown.columns]].rename(columns={f"gate: {gate}": gate})
     lines = ["Leaderboard (percent; brackets: 95% intervals over evaluation identities; * beyond noise vs none)"
              if study is not None else "Leaderboard (percent)",
@@ -193,7 +241,7 @@ def _html(board: pd.DataFrame, gate: str, study: Any, images: dict[str, Path]) -
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         "<title>facekd leaderboard</title>", f"<style>{PAGE_STYLE}</style>", "</head>", "<body>",
         "<h1>facekd leaderboard</h1>",
-        *(f'<p class="note">{_code(paragraph)}</p>' for paragraph in _explanation(gate, study)),
+        *(f'<p class="note">{_code(text)}</p>' for text in _explanation(gate, study, "INT8" in board.columns)),
         f'<div style="overflow-x: auto">{table}</div>', *figures, "</body>", "</html>", "",
     ])
 
@@ -232,12 +280,18 @@ def _roc_all(models: tuple[str, ...], gate: str, path: Path) -> None:
 
 
 def run(params: Params) -> pd.DataFrame:
+    from facekd.evaluation import dvcplots, headline
+    from facekd.evaluation.int8 import int8_metrics, int8_name
     from facekd.evaluation.uncertainty import gate_study
 
     models = params.evaluate.models
     gate = params.registry.gate_metric
-    study = gate_study(models, gate, params.evaluate.bootstrap)
-    board = leaderboard(load_metrics(models), gate, study)
+    int8 = {name: found for name in models if (found := int8_metrics(name)) is not None}
+    study = gate_study(models, gate, params.evaluate.bootstrap, contrasts={m: (int8_name(m), m) for m in int8})
+    # What DVC shows: metrics/headline.json (dvc exp show / metrics diff) and one ROC plot per benchmark.
+    headline.write(headline.build(load_metrics(models), gate, study))
+    dvcplots.write_benchmark_rocs(models)
+    board = leaderboard(load_metrics(models), gate, study, int8)
     write_text(OUT / "leaderboard.md", _markdown(board, gate, study))
     write_text(OUT / "leaderboard.txt", _terminal(board, gate, study))
     _bar_chart(board, gate, OUT / "leaderboard.png")

@@ -57,7 +57,7 @@ def run(params: Params) -> None:
 
 def _frozen_student_head(num_classes: int, dim: int) -> tuple[Any, str]:
     """The `none` student's trained margin head, frozen, and the sha256 of its head.pt."""
-    from facekd.distill.teacher import file_sha256
+    from facekd.fsio import file_sha256
     from facekd.models.heads import MarginHead
     from facekd.models.store import HEAD_FILE, load_head_weight
     from facekd.stages.distill import require_model

@@ -4,7 +4,8 @@ Reads ``models/<teacher>`` (``teacher`` or ``teacher_shkd``) and the students' t
 (``data/prepared``, or the unlabeled folder of ``data.path``); writes
 ``features/<teacher>/embeddings.npy`` (N, 2, d) in ``distill.cache_dtype`` and ``meta.json``
 (teacher weights sha256, data hash, N, d, dtype). A cache that already matches the teacher, the
-data and the dtype is left as it is.
+data and the dtype is left as it is. An ONNX teacher (``teacher.source: onnx``) runs in
+onnxruntime with ``teacher.onnx.batch_size`` and ``threads``.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def run(params: Params, teacher_name: str) -> None:
 
     from facekd.distill.teacher import read_cache_meta, teacher_weights_hash, write_teacher_features
     from facekd.errors import DataError
-    from facekd.models.store import load_backbone
+    from facekd.models.store import ONNX_FORMAT, load_backbone
     from facekd.stages.distill import features_dir, model_dir, require_model, student_data
 
     if teacher_name not in TEACHERS:
@@ -42,8 +43,10 @@ def run(params: Params, teacher_name: str) -> None:
     if all(current.get(k) == v for k, v in wanted.items()) and (out / "embeddings.npy").is_file():
         log.info("%s is up to date (teacher %s..., data %s...): nothing to do", out, weights[:12], data.data_hash[:12])
         return
-    teacher, _ = load_backbone(model_dir(teacher_name))
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    teacher, meta = load_backbone(model_dir(teacher_name))
+    onnx = meta.get("format") == ONNX_FORMAT  # run by onnxruntime on the CPU, batch from teacher.onnx
+    device = torch.device("cuda") if torch.cuda.is_available() and not onnx else torch.device("cpu")
+    batch_size = params.teacher.onnx.batch_size if onnx else params.evaluate.batch_size
     write_teacher_features(out, teacher, data, teacher_name=teacher_name, weights_hash=weights,
-                           dtype=params.distill.cache_dtype, batch_size=params.evaluate.batch_size,
+                           dtype=params.distill.cache_dtype, batch_size=batch_size,
                            workers=params.distill.optim.workers, device=device)

@@ -6,6 +6,10 @@ Reads ``<data.prepared_dir>/train.rec`` + ``train.idx`` + ``meta.json``; trains
 from ``checkpoints/teacher/``; writes ``models/teacher/`` (backbone.pt, head.pt with the full
 (C, d) centres, meta.json) and ``metrics/train/teacher.json``. Running it again after it finished
 does no training step and rewrites the same outputs.
+
+With ``teacher.source: onnx`` nothing is trained: the ONNX face embedder at ``teacher.onnx.path``
+is checked and imported into ``models/teacher/`` (model.onnx + meta.json, no head), see
+:mod:`facekd.models.onnx_teacher`.
 """
 from __future__ import annotations
 
@@ -14,6 +18,8 @@ import json
 import logging
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from facekd.config import Params, TeacherParams
 from facekd.errors import ConfigError, DataError
@@ -108,6 +114,9 @@ def run(params: Params) -> None:
     """Train (or resume, or confirm finished) the teacher and write its model and metrics."""
     from facekd.training.distributed import init_distributed, shutdown
 
+    if params.teacher.source == "onnx":
+        _import_onnx(params)
+        return
     dist = init_distributed()
     try:
         _train(params, dist)
@@ -145,6 +154,36 @@ def _train(params: Params, dist: Any) -> None:
     centres = objective.full_weight()  # (C, d); collective for a sharded PartialFC
     if dist.is_main:
         _write_outputs(params, meta, backbone, centres, result, tracker)
+
+
+def _import_onnx(params: Params) -> None:
+    """``models/teacher`` from ``teacher.onnx.path``, checked on a sample of ``data/prepared``."""
+    from facekd.data.dataset import open_training_data
+    from facekd.fsio import write_json
+    from facekd.models.onnx_teacher import import_onnx_teacher, sanity_sample
+    from facekd.tracking import Tracker
+
+    section = params.teacher.onnx
+    prepared = Path(params.data.prepared_dir)
+    data_meta = read_prepared_meta(prepared)
+    dataset = open_training_data(prepared, "rec", seed=params.seed, augment=False)
+    rows = sanity_sample(dataset.labels, section.sanity_images)
+    images = np.stack([dataset.load(int(i)) for i in rows])  # (n, 112, 112, 3) uint8
+    meta = import_onnx_teacher(section, MODEL_DIR, images, dataset.labels[rows])
+    check = meta["sanity"]
+    metrics = {"imported": 1, "embedding_size": meta["embedding_size"], "params_m": meta["params_m"],
+               **{f"sanity.{k}": v for k, v in check.items() if k != "warnings"},
+               "sanity.warnings": len(check["warnings"])}
+    write_json(METRICS_FILE, metrics)
+    tracker = Tracker.from_params(params.tracking, stage="train_teacher")
+    tracker.start("teacher-onnx-import", {"teacher.source": "onnx", "teacher.onnx.source": meta["source"],
+                                          **{f"teacher.onnx.{k}": v for k, v in meta["input"].items()}},
+                  {"facekd.model": "teacher", "facekd.teacher_sha256": meta["source_sha256"],
+                   "data_hash": data_meta["data_hash"]}, {})
+    tracker.log_metrics({k: float(v) for k, v in metrics.items()}, step=0)
+    tracker.end("FINISHED")
+    log.info("teacher: imported %s (%d-d; sanity genuine %.3f vs impostor %.3f) -> %s", meta["source"],
+             meta["embedding_size"], check["genuine_cosine"], check["impostor_cosine"], MODEL_DIR)
 
 
 def _write_outputs(params: Params, data_meta: dict[str, Any], backbone: Any, centres: Any,

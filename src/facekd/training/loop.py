@@ -56,6 +56,16 @@ EvalFn = Callable[["nn.Module", int], dict[str, float]]
 # Seconds between progress lines where no terminal shows the bar (dvc repro, CI, Prefect logs): at
 # full scale an epoch takes hours, so the per-epoch line alone leaves those logs silent for hours.
 PROGRESS_EVERY_S = 30.0
+# MLflow loss points per run: about LOG_POINTS whatever the run's length (a fixed "every 10 steps" left
+# the embedded students' 74-step runs with 8 points), and at least one every LOG_EVERY_MAX steps.
+LOG_POINTS = 100
+LOG_EVERY_MAX = 100
+
+
+def log_interval(total_steps: int) -> int:
+    """Steps between MLflow metric points: every step for runs up to 2 * LOG_POINTS steps, then
+    ``total_steps // LOG_POINTS`` (>= LOG_POINTS points), never more than LOG_EVERY_MAX."""
+    return max(1, min(LOG_EVERY_MAX, total_steps // LOG_POINTS))
 
 
 def _duration(seconds: float) -> str:
@@ -299,17 +309,18 @@ class Trainer:
     def __init__(self, *, run_name: str, backbone: "nn.Module", objective: "nn.Module", dataset: Any,
                  optim: OptimParams, run_dir: Path, config: dict[str, Any], seed: int, tracker: Any,
                  extra_batch_fn: Callable[[Batch], Batch] | None, eval_fn: EvalFn | None,
-                 dist: DistInfo, log_every: int, progress_every_s: float = PROGRESS_EVERY_S) -> None:
+                 dist: DistInfo, log_every: int | None, progress_every_s: float = PROGRESS_EVERY_S) -> None:
         import torch
 
         self.run_name, self.optim, self.run_dir = run_name, optim, Path(run_dir)
         self.config, self.config_hash = config, ckpt.config_hash(config)
-        self.seed, self.dist, self.log_every = seed, dist, max(1, log_every)
+        self.seed, self.dist = seed, dist
         self.progress_every_s = progress_every_s
         self.tracker = tracker if dist.is_main else NullTracker()
         self.extra_batch_fn, self.eval_fn = extra_batch_fn, eval_fn
         self.dataset = dataset
         self.plan = StepPlan.build(len(dataset), optim, dist)
+        self.log_every = max(1, log_every) if log_every else log_interval(self.plan.total_steps)
         self.device = dist.device
         self.amp_dtype = _amp_dtype(optim.amp, self.device)
         self.backbone = backbone.to(self.device)
@@ -693,7 +704,7 @@ class Trainer:
 def fit(*, run_name: str, backbone: "nn.Module", objective: "nn.Module", dataset: Any, optim: OptimParams,
         run_dir: Path, config: dict[str, Any], seed: int, tracker: Any,
         extra_batch_fn: Callable[[Batch], Batch] | None = None, eval_fn: EvalFn | None = None,
-        dist: DistInfo | None = None, max_steps: int | None = None, log_every: int = 10,
+        dist: DistInfo | None = None, max_steps: int | None = None, log_every: int | None = None,
         progress_every_s: float = PROGRESS_EVERY_S) -> dict[str, Any]:
     """Train ``backbone`` + ``objective`` on ``dataset``, resuming from ``run_dir`` when possible.
 
@@ -701,7 +712,8 @@ def fit(*, run_name: str, backbone: "nn.Module", objective: "nn.Module", dataset
     config refuses to resume). ``extra_batch_fn(batch) -> batch`` adds keys (e.g. cached teacher
     features by ``batch["index"]`` and ``batch["flip"]``) to the device batch before the forward.
     ``eval_fn(backbone, step) -> metrics`` runs on rank 0 every ``optim.eval_every`` steps and at the
-    end. ``max_steps`` stops (with a checkpoint) once that many steps are done. Without a terminal
+    end. ``max_steps`` stops (with a checkpoint) once that many steps are done. Metrics go to MLflow
+    every ``log_every`` steps (default :func:`log_interval`: ~100 points a run). Without a terminal
     (DVC, CI, Prefect) rank 0 logs a progress line every ``progress_every_s`` seconds. Returns the final
     metrics (see :meth:`Trainer.result`); a run that is already complete does no step.
     """
