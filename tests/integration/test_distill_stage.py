@@ -165,7 +165,9 @@ def test_cached_and_online_teacher_train_the_same_student(project: Path, tmp_pat
             distill.run(_params(project, distill={"teacher_source": source}), "adadistill")
         losses[source] = _read(str(work / "metrics/train/adadistill.json"))
         assert _read(str(work / "models/adadistill/meta.json"))["teacher_source"] == source
-    assert losses["cache"]["loss.alpha"] == pytest.approx(losses["online"]["loss.alpha"], rel=1e-4)
+    # The cache embeds in other batches than the online teacher: oneDNN's AVX-512 kernels round
+    # batch-dependently (alpha: rel 1.5e-4 measured there; it held 1e-4 on AVX2); the loss holds 1e-4.
+    assert losses["cache"]["loss.alpha"] == pytest.approx(losses["online"]["loss.alpha"], rel=1e-3)
     assert losses["cache"]["loss"] == pytest.approx(losses["online"]["loss"], rel=1e-4, abs=1e-5)
 
 

@@ -42,11 +42,15 @@ def test_two_flows_on_one_fresh_prefect_home_run_quietly(tmp_path: Path) -> None
 
 
 def test_prepare_database_migrates_once_and_leaves_real_servers_alone(tmp_path: Path) -> None:
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+    from prefect.settings import (PREFECT_API_DATABASE_CONNECTION_URL, PREFECT_API_URL, PREFECT_HOME,
+                                  temporary_settings)
 
     from pipelines import localserver
 
-    with temporary_settings(updates={PREFECT_HOME: tmp_path / "home"}, restore_defaults={PREFECT_API_URL}):
+    # The session's test-harness server (tests/integration/conftest.py) sets both of these when an
+    # earlier test in this worker used it; a user's fresh PREFECT_HOME has neither.
+    with temporary_settings(updates={PREFECT_HOME: tmp_path / "home"},
+                            restore_defaults={PREFECT_API_URL, PREFECT_API_DATABASE_CONNECTION_URL}):
         database = localserver.prepare_database()
         assert database == tmp_path / "home" / "prefect.db" and database.stat().st_size > 100_000
         marker = database.with_name("prefect.db.facekd-ready")
