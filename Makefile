@@ -43,4 +43,4 @@ plots: setup
 	facekd plots
 
 clean:
-	rm -rf data/prepared data/eval models checkpoints features metrics reports exports mlflow.db mlruns
+	rm -rf data/prepared data/eval models checkpoints features metrics reports exports plots dvc_plots mlflow.db mlruns

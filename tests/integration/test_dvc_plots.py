@@ -21,6 +21,8 @@ import pytest
 import yaml
 
 from facekd.evaluation import dvcplots
+from tests import browser
+from tests.browser import needs_chromium
 
 pytestmark = pytest.mark.slow
 
@@ -91,20 +93,14 @@ def test_one_log_far_plot_per_benchmark_with_every_model(repo: Path) -> None:
     assert REMOTE_SCRIPT.search((repo / "cdn/index.html").read_text())
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is not installed")
+@needs_chromium
 def test_facekd_plots_page_draws_every_plot_in_chromium_offline(repo: Path, tmp_path: Path) -> None:
     if importlib.util.find_spec("vl_convert") is None:
         pytest.skip("vl-convert-python (the Vega libraries facekd plots writes into the page) is not installed")
     out = _run([str(BIN / "facekd"), "plots", "--out", "offline"], repo)
     page = repo / "offline/index.html"
     assert str(page.relative_to(repo)) in out and not REMOTE_SCRIPT.search(page.read_text())
-    # No network: every request goes to a closed local port (file:// needs none).
-    browser = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
-               "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>", "--virtual-time-budget=15000",
-               "--window-size=1000,1400"]
-    dom = subprocess.run([*browser, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180).stdout
+    dom = browser.dump_dom(page, tmp_path / "profile")
     drawn = re.findall(r"<(?:svg|canvas)[^>]*class=\"marks\"", dom)  # what vega-embed draws a chart into
     assert len(drawn) == len(BENCHMARKS), f"{len(drawn)} charts drawn of {len(BENCHMARKS)}"
-    shot = tmp_path / "plots.png"
-    subprocess.run([*browser, f"--screenshot={shot}", page.as_uri()], capture_output=True, timeout=180)
-    assert shot.stat().st_size > 20_000  # a blank page is a few KB
+    assert browser.inked(browser.screenshot(page, tmp_path / "plots.png")) > 0.02  # a blank page is ~0.003

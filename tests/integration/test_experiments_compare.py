@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +21,8 @@ import yaml
 from facekd.errors import DataError
 from facekd.evaluation import compare, headline
 from facekd.evaluation.uncertainty import Interval, PairedStudy
+from tests.integration.test_readme_commands import readme_commands
+from tests.worktree import ROOT
 
 pytestmark = pytest.mark.slow
 
@@ -51,11 +54,16 @@ def test_headline_keeps_four_flat_numbers_per_model() -> None:
 
 # --- a real DVC repository with experiments ---------------------------------------------------------
 
-STAGE = '''\
-"""Writes metrics/headline.json from params.yaml's tau, as the report stage would."""
-import json, pathlib, yaml
-tau = yaml.safe_load(open("params.yaml"))["tau"]
-qud = 0.08 if tau == 0.1 else 0.06
+DISTILL = '''\
+"""Writes models/qud from params.yaml's tau, as a distill stage would."""
+import pathlib, yaml
+pathlib.Path("models/qud").mkdir(parents=True, exist_ok=True)
+pathlib.Path("models/qud/weights.txt").write_text(str(yaml.safe_load(open("params.yaml"))["tau"]))
+'''
+REPORT = '''\
+"""Writes metrics/headline.json from the student in models/qud, as the report stage would."""
+import json, pathlib
+qud = 0.08 if pathlib.Path("models/qud/weights.txt").read_text() == "0.1" else 0.06
 out = {"gate_metric": "ijb.tar@far=1e-3",
        "teacher": {"gate": 0.1, "gate_low": 0.05, "gate_high": 0.2, "lfw_acc": 0.92},
        "qud": {"gate": qud, "gate_low": qud - 0.04, "gate_high": qud + 0.1, "lfw_acc": 0.9},
@@ -63,6 +71,10 @@ out = {"gate_metric": "ijb.tar@far=1e-3",
 pathlib.Path("metrics").mkdir(exist_ok=True)
 pathlib.Path("metrics/headline.json").write_text(json.dumps(out, indent=2, sort_keys=True))
 '''
+STAGES = {"distill": {"cmd": f"{sys.executable} distill.py", "deps": ["distill.py"], "params": ["tau"],
+                      "outs": ["models/qud"]},
+          "report": {"cmd": f"{sys.executable} report.py", "deps": ["report.py", "models/qud"],
+                     "metrics": [{"metrics/headline.json": {"cache": False}}]}}
 
 
 def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
@@ -85,11 +97,10 @@ def experiments(tmp_path_factory: pytest.TempPathFactory) -> Path:
     repo.mkdir()
     _run(["git", "init", "-q", "-b", "main"], repo)
     _dvc("init", "-q", cwd=repo)
-    (repo / "stage.py").write_text(STAGE)
+    (repo / "distill.py").write_text(DISTILL)
+    (repo / "report.py").write_text(REPORT)
     (repo / "params.yaml").write_text("tau: 0.1\n")
-    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": {"report": {
-        "cmd": f"{sys.executable} stage.py", "deps": ["stage.py"], "params": ["tau"],
-        "metrics": [{"metrics/headline.json": {"cache": False}}]}}}))
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": STAGES}))
     _dvc("repro", "-q", cwd=repo)
     # The README's policy: a run's dvc.lock and small results are committed, so experiments have a baseline.
     _run(["git", "add", "-A"], repo)
@@ -138,5 +149,20 @@ def test_dvc_shows_only_the_headline_numbers_that_changed(experiments: Path) -> 
     header = table[0]
     assert {"qud.gate", "qud.gate_low", "qud.gate_high", "tau"} <= set(header)
     assert not [h for h in header if h.startswith(("teacher.", "none.")) or h.endswith("lfw_acc")], header
+    assert "models/qud" in header  # DVC adds a 32-character hash column for each changed stage input
     diff = json.loads(_dvc("metrics", "diff", "main", "tau007", "--json", cwd=experiments))
     assert diff["metrics/headline.json"]["qud.gate"]["diff"] == pytest.approx(-0.02)
+
+
+def test_readme_exp_show_fits_a_screen_and_shows_the_gate_change(experiments: Path) -> None:
+    command = next(c.split(" #")[0] for c in readme_commands((ROOT / "README.md").read_text())
+                   if c.startswith("dvc exp show --only-changed"))
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "COLUMNS": "1000", "DVC_NO_ANALYTICS": "1"}
+    shown = subprocess.run(shlex.split(command) + ["--no-pager"], cwd=experiments, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert max(len(line.rstrip()) for line in lines) <= 120, shown.stdout
+    header = lines[1].split()
+    assert {"qud.gate", "qud.gate_low", "qud.gate_high", "tau"} <= set(header) and "models/qud" not in header
+    assert any("tau007" in line and "0.06" in line and "0.07" in line for line in lines), shown.stdout

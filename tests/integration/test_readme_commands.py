@@ -93,7 +93,8 @@ def test_allow_list_names_only_readme_commands_and_says_why():
     assert set(SKIPPED) <= commands, f"SKIPPED lists commands the README no longer has: {set(SKIPPED) - commands}"
     assert all(reason.strip() for reason in SKIPPED.values())
     ran = commands - set(SKIPPED)
-    assert {"source .venv/bin/activate", "facekd --help", "dvc dag", "dvc exp show --only-changed"} <= ran
+    assert {"source .venv/bin/activate", "facekd --help", "dvc dag"} <= ran
+    assert any(c.startswith("dvc exp show --only-changed") for c in ran)
 
 
 def test_readme_is_consistent_about_the_virtualenv():

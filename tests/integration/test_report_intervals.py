@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,8 @@ from facekd.config import BootstrapParams, load_params
 from facekd.errors import DataError
 from facekd.evaluation.uncertainty import PairScores
 from facekd.stages import report
+from tests import browser
+from tests.browser import needs_chromium
 
 ROOT = Path(__file__).resolve().parents[2]
 MODELS = ("teacher", "none", "good", "same")
@@ -126,6 +129,22 @@ def test_html_page_is_one_offline_file_with_the_table_and_plots(tmp_path, monkey
     assert "None" not in page and "nan" not in page.lower()
     assert "<code>vs none (paired)</code>" in page and "<th>gate: ijb.tar@far=1e-3</th>" in page
     assert ">teacher<" in page and "%" not in page.split("<table")[1].split("</table>")[0]  # percent, no signs
+
+
+@needs_chromium
+def test_html_page_renders_its_table_and_plots_in_chromium_offline(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write_run(tmp_path, n_ids=60)
+    report.run(_params(resamples=50))
+    page = tmp_path / "reports/leaderboard.html"
+    dom = browser.dump_dom(page, tmp_path / "profile")
+    assert "facekd leaderboard" in dom and dom.count("<tr") >= len(MODELS) + 1
+    # The same page with its inline images cut out: what is drawn beyond it is the two plots.
+    bare = tmp_path / "bare.html"
+    bare.write_text(re.sub(r'src="data:image/png;base64,[^"]*"', 'src=""', page.read_text()))
+    full = browser.inked(browser.screenshot(page, tmp_path / "shots/page.png", height=2400))
+    without = browser.inked(browser.screenshot(bare, tmp_path / "shots/bare.png", height=2400))
+    assert full > without + 0.03, f"plots add {full - without:.3f} of the page's ink: not drawn?"
 
 
 def test_terminal_table_fits_a_screen(tmp_path, monkeypatch):
