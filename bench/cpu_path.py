@@ -20,12 +20,10 @@ import copy
 import itertools
 import json
 import os
-import statistics
 import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from bench import common

@@ -39,7 +39,8 @@ def run_setup(setup: Setup) -> list[common.Result]:
     import torch
 
     from facekd.data.dataset import open_training_data
-    from facekd.distill.teacher import StudentData, write_teacher_features
+    from facekd.data.training_set import StudentData
+    from facekd.distill.teacher import write_teacher_features
     from facekd.export.onnx import export_onnx
     from facekd.models.onnx_backbone import InputConvention, OnnxBackbone
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from facekd import __version__
+from facekd import __version__, layout
 from facekd.errors import FacekdError
 
 log = logging.getLogger("facekd")
@@ -288,7 +288,7 @@ def info(ctx: click.Context) -> None:
 @cli.command()
 def summary() -> None:
     """Print the newest pipeline result: the leaderboard, else the data validation summary."""
-    for path in (Path("reports/leaderboard.txt"), Path("reports/validation.md")):
+    for path in (layout.LEADERBOARD_TEXT, layout.VALIDATION_MD):
         if path.is_file():
             click.echo(path.read_text())
             return

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from facekd import layout
 from facekd.config import Params
 from facekd.errors import DataError, RegistryError
 from facekd.registry import ChampionModel
@@ -68,7 +69,7 @@ def load_model(params: Params, source: str) -> LoadedModel:
 def _load_file(params: Params, path: Path) -> LoadedModel:
     """A local ONNX file; its threshold comes from ``metrics/eval/<file stem>.json`` when there is one."""
     from facekd.export.checks import open_session
-    from facekd.registry import metrics_path, operating_point, read_eval_metrics
+    from facekd.registry import operating_point, read_eval_metrics
 
     if not path.is_file():
         raise DataError(f"{path}: ONNX model file not found; pass an exported .onnx (exports/<model>.onnx) "
@@ -79,7 +80,7 @@ def _load_file(params: Params, path: Path) -> LoadedModel:
         raise DataError(f"{path}: not a loadable ONNX model ({str(err).splitlines()[0][:200]}); "
                         "export it again with `facekd export <model>`") from None
     threshold = far = None
-    if metrics_path(path.stem).is_file():
+    if layout.eval_metrics_file(path.stem).is_file():
         point = operating_point(read_eval_metrics(path.stem), params.registry.gate_metric, params.registry.verify_far)
         threshold, far = point["threshold"], point["far"]
     return LoadedModel(ChampionModel(path.stem, "file", str(path), session), str(path), threshold, far)

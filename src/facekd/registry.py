@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from facekd import layout
 from facekd.config import Params
 from facekd.errors import FacekdError, RegistryError
 from facekd.fsio import read_json_object, write_json, write_text
@@ -55,9 +56,6 @@ CHAMPION = "champion"
 MODEL_ARTIFACT = "model"
 INT8_ARTIFACT = "int8"  # the INT8 copy's MLflow model, beside MODEL_ARTIFACT in the same run
 INT8_EVAL_TAG = "int8.eval."  # version tags int8.eval.<benchmark>.<metric>: the INT8 copy's numbers
-METRICS_DIR = Path("metrics/eval")
-REGISTRY_REPORT = Path("reports/registry.json")
-MODEL_CARD_REPORT = Path("reports/model_card.md")  # the candidate's card, beside the leaderboard
 HISTORY_TAG = "champion_history"
 EVAL_TAG = "eval."  # version tags eval.<benchmark>.<metric>, one number each
 LEGACY_EVAL_TAG = "eval_metrics"  # the JSON blob of versions registered before the eval.* tags
@@ -118,13 +116,9 @@ def _short(err: BaseException, limit: int = 400) -> str:
 # --- evaluation metrics ---------------------------------------------------------------------------
 
 
-def metrics_path(model_name: str) -> Path:
-    return METRICS_DIR / f"{model_name}.json"
-
-
 def read_eval_metrics(model_name: str) -> dict[str, Any]:
     """``metrics/eval/<model>.json`` (written by the evaluate stage)."""
-    path = metrics_path(model_name)
+    path = layout.eval_metrics_file(model_name)
     return read_json_object(
         path, RegistryError, redo=f"re-run `facekd evaluate {model_name}`",
         missing=f"no evaluation metrics for model '{model_name}'; run `facekd evaluate {model_name}` first")
@@ -184,7 +178,7 @@ def select_best(model_names: list[str] | tuple[str, ...], gate_metric: str) -> s
         metrics = read_eval_metrics(name)
         params_m = metrics.get("params_m")
         size = float(params_m) if isinstance(params_m, (int, float)) else float("inf")
-        return gate_value(metrics, gate_metric, model=name, source=str(metrics_path(name))), -size
+        return gate_value(metrics, gate_metric, model=name, source=str(layout.eval_metrics_file(name))), -size
 
     ranked = sorted(students, key=rank, reverse=True)
     log.info("best student by %s: %s (of %s)", gate_metric, ranked[0], ", ".join(students))
@@ -304,44 +298,34 @@ class Candidate:
         return bool(self.export_report.get("checks", {}).get("passed"))
 
 
-def _read_json(path: Path, what: str, fix: str) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise RegistryError(f"{path}: {what} not found; {fix}") from None
-    except (OSError, ValueError) as err:
-        raise RegistryError(f"{path}: {what} unreadable ({err}); {fix}") from None
-
-
 def gather_candidate(params: Params, model_name: str) -> Candidate:
     """Read the model's ONNX file, export report, metrics and meta; RegistryError if any is missing."""
     import hashlib
 
     from facekd.models.store import read_meta
-    from facekd.models.store import model_dir
-    from facekd.stages.export import onnx_path, report_path
 
     fix = f"run `facekd export {model_name}` first"
-    path = onnx_path(model_name)
+    path, report_file = layout.onnx_path(model_name), layout.export_report(model_name)
+    folder = layout.model_dir(model_name)
     try:
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
     except FileNotFoundError:
         raise RegistryError(f"{path}: exported ONNX model of '{model_name}' not found; {fix}") from None
-    report = _read_json(report_path(model_name), "export report", fix)
+    report = read_json_object(report_file, RegistryError, missing=f"export report not found; {fix}", redo=fix)
     if report.get("export", {}).get("sha256") not in (None, sha):
         raise RegistryError(
-            f"{path}: file changed since its export report {report_path(model_name)} was written; {fix} again"
+            f"{path}: file changed since its export report {report_file} was written; {fix} again"
         )
     metrics = read_eval_metrics(model_name)
     metric = params.registry.gate_metric
-    value = gate_value(metrics, metric, model=model_name, source=str(metrics_path(model_name)))
+    value = gate_value(metrics, metric, model=model_name, source=str(layout.eval_metrics_file(model_name)))
     try:
-        meta = read_meta(model_dir(model_name))
+        meta = read_meta(folder)
     except FacekdError as err:
         raise RegistryError(f"model '{model_name}': {err}") from None
     point = operating_point(metrics, metric, params.registry.verify_far)
     int8 = gather_int8(params, model_name, value)
-    return Candidate(model_name, model_dir(model_name), path, sha, report, metrics, metric, value, meta, point,
+    return Candidate(model_name, folder, path, sha, report, metrics, metric, value, meta, point,
                      int8=int8)
 
 
@@ -353,26 +337,27 @@ def gather_int8(params: Params, model_name: str, float_value: float) -> Int8Evid
     """
     import hashlib
 
-    from facekd.evaluation.int8 import COSINE_KEY, exported_files, int8_metrics, int8_name
+    from facekd.evaluation.int8 import COSINE_KEY, int8_metrics
     from facekd.evaluation.uncertainty import gate_study
 
-    path = exported_files(model_name)[1]
+    name = layout.int8_name(model_name)
+    path, metrics_file = layout.int8_path(model_name), layout.eval_metrics_file(name)
     try:
-        metrics = int8_metrics(model_name, METRICS_DIR)
+        metrics = int8_metrics(model_name)
     except FacekdError as err:
         raise RegistryError(str(err)) from None
     if metrics is None or not path.is_file():
         log.info("%s: no INT8 copy evaluated (%s, %s); registering the float model only", model_name, path,
-                 metrics_path(int8_name(model_name)))
+                 metrics_file)
         return None
     sha = hashlib.sha256(path.read_bytes()).hexdigest()
     if metrics.get("onnx_sha256") != sha:
-        raise RegistryError(f"{metrics_path(int8_name(model_name))}: evaluates another file than {path} (re-exported "
+        raise RegistryError(f"{metrics_file}: evaluates another file than {path} (re-exported "
                             f"since); run `facekd evaluate {model_name} --int8` (dvc repro) again")
     metric = params.registry.gate_metric
-    value = gate_value(metrics, metric, model=int8_name(model_name), source=str(metrics_path(int8_name(model_name))))
+    value = gate_value(metrics, metric, model=name, source=str(metrics_file))
     study = gate_study((model_name,), metric, params.evaluate.bootstrap, baseline=model_name,
-                       contrasts={"int8": (int8_name(model_name), model_name)})
+                       contrasts={"int8": (name, model_name)})
     paired = study.contrasts.get("int8") if study is not None else None
     return Int8Evidence(path, sha, metrics, value, float_value - value,
                         None if paired is None else -paired.high, None if paired is None else -paired.low,
@@ -631,8 +616,8 @@ def register_candidate(params: Params, model_name: str, selection: Selection | N
         "int8": cand.int8.record(params.registry.max_int8_drop) if cand.int8 is not None else None,
     }
     # The file leaves out "reused" so an unchanged registration rewrites identical bytes (DVC output).
-    write_json(REGISTRY_REPORT, {k: v for k, v in result.items() if k != "reused"})
-    write_text(MODEL_CARD_REPORT, render_markdown(card))
+    write_json(layout.REGISTRY_REPORT, {k: v for k, v in result.items() if k != "reused"})
+    write_text(layout.MODEL_CARD, render_markdown(card))
     log.info("%s version %s (%s) is now '%s'%s", name, version.version, model_name, CANDIDATE,
              " (reused)" if reused else "")
     return result

@@ -156,7 +156,7 @@ def test_teacher_cache_key_follows_unlabeled_image_content(benchmarks: Path, tmp
     """data.source unlabeled: the teacher-feature cache's data_hash changes when any image's bytes
     change, even with its size and mtime kept (rec data is keyed by prepare's sha256 of the files)."""
     from facekd.data.dataset import open_training_data
-    from facekd.distill.teacher import folder_listing_hash
+    from facekd.data.training_set import folder_listing_hash
 
     folder = tmp_path / "unlabeled"
     folder.mkdir()

@@ -360,7 +360,7 @@ def test_limits_come_from_the_params(tmp_path: Path) -> None:
 ])
 def test_prepared_meta_with_absurd_values_names_the_file(tmp_path: Path, meta: str) -> None:
     """`data/prepared/meta.json` as the training stages read it: a DataError, not a later traceback."""
-    from facekd.stages.train_teacher import read_prepared_meta
+    from facekd.data.training_set import read_prepared_meta
 
     write_rec(tmp_path / "train.rec", [good_jpeg(0, 8), good_jpeg(1, 8)])
     (tmp_path / "meta.json").write_text(meta)

@@ -12,6 +12,7 @@ import pytest
 
 from bench.common import face_like_images as faces
 from bench.int8_latency import fitted_backbone
+from facekd import layout
 from facekd.config import Int8Params, parse_params
 from facekd.errors import DataError, ExportError
 from facekd.export.onnx import export_onnx
@@ -141,7 +142,7 @@ def test_stage_writes_the_int8_file_and_its_report(tmp_path, monkeypatch):
     _workspace(tmp_path)
     raw = {"export": {"latency_runs": 2, "int8": {"enabled": True, "calibration_images": CALIBRATION}}}
     stage.run(parse_params(raw), "feature", exporter="legacy")
-    int8 = json.loads(stage.report_path("feature").read_text())["int8"]
+    int8 = json.loads(layout.export_report("feature").read_text())["int8"]
     assert int8["path"] == "exports/feature.int8.onnx" and Path(int8["path"]).stat().st_size == int8["file_bytes"]
     assert int8["ops"]["conv_int8"] > 0 and int8["calibration_images"] == CALIBRATION
     assert int8["calibration_data"] == "data/prepared/train.rec" and int8["kept_float"]

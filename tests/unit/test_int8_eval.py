@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
+from facekd import layout
 from facekd.errors import DataError, RegistryError
-from facekd.evaluation.int8 import AgreementEmbedder, exported_files, int8_name, row_cosines
+from facekd.evaluation.int8 import AgreementEmbedder, row_cosines
 from facekd.evaluation.uncertainty import paired_study
 from facekd.registry import decide, int8_verdict
 
@@ -18,10 +19,9 @@ METRIC = "ijb.tar@far=1e-3"
 TAG = "eval.ijb.tar_at_far_1e-3"  # facekd.tracking.metric_name(METRIC)
 
 
-def test_the_files_are_the_export_stages():
-    from facekd.stages.export import int8_path, onnx_path
-
-    assert exported_files("qud") == (onnx_path("qud"), int8_path("qud")) and int8_name("qud") == "qud.int8"
+def test_the_int8_copy_is_named_beside_its_float_parent():
+    assert layout.int8_name("qud") == "qud.int8"
+    assert (layout.onnx_path("qud").name, layout.int8_path("qud").name) == ("qud.onnx", "qud.int8.onnx")
 
 
 def test_agreement_embedder_returns_int8_features_and_measures_each_input():

@@ -16,8 +16,9 @@ from facekd.config import DistillParams
 from facekd.data.dataset import collate, normalize_batch, open_training_data
 from facekd.data.images import encode_jpeg
 from facekd.data.recordio import write_face_rec
+from facekd.data.training_set import StudentData
 from facekd.distill.registry import METHODS, build_method
-from facekd.distill.teacher import (FP16_SAFE_METHODS, CachedTeacher, DistillObjective, OnlineTeacher, StudentData,
+from facekd.distill.teacher import (FP16_SAFE_METHODS, CachedTeacher, DistillObjective, OnlineTeacher,
                                     check_cache_dtype, open_cache, write_teacher_features)
 from facekd.errors import ConfigError, DataError
 from facekd.models.registry import create_backbone

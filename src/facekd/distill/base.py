@@ -46,14 +46,17 @@ class DistillMethod(nn.Module):
     """Base class: validates the batch, then :meth:`compute` returns ``{"loss": ..., parts}``.
 
     Class flags (a pipeline reads them before building anything):
-    ``needs_labels``: the loss uses identity labels; ``needs_teacher_head``: the loss uses the
-    teacher's class centres ``W_t``; ``shares_teacher_space``: the loss compares the student
-    embedding with teacher-space vectors, so a learned linear projection is added when the
-    embedding sizes differ. :meth:`requires_labels` / :meth:`requires_teacher_head` refine the
-    flags with the method's params (feature KD needs labels only with ``with_ce``).
+    ``teacher_model``: the trained model (``models/<name>``) it distils from, ``None`` for a loss
+    that never reads a teacher (the pipeline then loads none); ``needs_labels``: the loss uses
+    identity labels; ``needs_teacher_head``: the loss uses the teacher's class centres ``W_t``;
+    ``shares_teacher_space``: the loss compares the student embedding with teacher-space vectors,
+    so a learned linear projection is added when the embedding sizes differ.
+    :meth:`requires_labels` / :meth:`requires_teacher_head` refine the flags with the method's
+    params (feature KD needs labels only with ``with_ce``).
     """
 
     name: ClassVar[str] = ""
+    teacher_model: ClassVar[str | None] = "teacher"
     needs_labels: ClassVar[bool] = True
     needs_teacher_head: ClassVar[bool] = False
     shares_teacher_space: ClassVar[bool] = False

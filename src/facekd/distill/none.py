@@ -13,6 +13,8 @@ from facekd.distill.registry import register
 class NoDistill(DistillMethod):
     """``CE(margin_softmax(W_s, s), y)`` with ``distill.head``'s kind, scale and margin; ignores the teacher."""
 
+    teacher_model = None
+
     def __init__(self, params: Section, **kwargs) -> None:
         super().__init__(params, **kwargs)
         self.head = self.student_head()

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,11 +28,12 @@ from torch import nn
 
 from facekd.distill.base import DistillBatch, DistillMethod
 from facekd.errors import ConfigError, DataError
-from facekd.fsio import atomic_path, file_sha256, write_json
+from facekd.fsio import atomic_path, file_sha256, read_json_object, write_json
 from facekd.models.heads import MarginHead
 
 if TYPE_CHECKING:
     from facekd.data.dataset import FaceDataset
+    from facekd.data.training_set import StudentData
 
 log = logging.getLogger(__name__)
 
@@ -64,39 +64,6 @@ def teacher_weights_hash(model_dir: str | Path) -> str:
     # The same ONNX file fed another colour order or normalisation is another teacher.
     convention = json.dumps(meta["input"], sort_keys=True)
     return hashlib.sha256(f"{digest}\n{convention}".encode()).hexdigest()
-
-
-# ---- the training images a student (and its teacher cache) sees ----------------------------------
-
-
-@dataclass(frozen=True)
-class StudentData:
-    """The training set of the students: a dataset, its identity hash and its class count (0 unlabeled)."""
-
-    dataset: "FaceDataset"
-    data_hash: str
-    num_classes: int
-    where: str
-
-
-def folder_listing_hash(dataset: "FaceDataset") -> str:
-    """sha256 over the sorted relative paths and the bytes of an unlabeled folder's images.
-
-    The cache's row i is the teacher's embedding of image i, so the key must change when any image
-    is added, removed, renamed or replaced, even by one of the same size and mtime (an edit, a
-    re-encode, ``cp -p``): paths and sizes alone served stale rows. Reading every file costs about
-    what one epoch's reads do.
-    """
-    root = Path(dataset.name)
-    h = hashlib.sha256()
-    for path in dataset.source.paths:
-        size = path.stat().st_size
-        h.update(f"{path.relative_to(root).as_posix()}\0{size}\n".encode())
-        with open(path, "rb") as fh:  # the bytes stat promised, in blocks: bounded memory and time
-            while size > 0 and (block := fh.read(min(size, 1 << 20))):
-                h.update(block)
-                size -= len(block)
-    return h.hexdigest()
 
 
 # ---- writing the cache ----------------------------------------------------------------------------
@@ -231,13 +198,8 @@ def read_cache_meta(features_dir: str | Path) -> dict[str, Any]:
     features_dir = Path(features_dir)
     meta_path = features_dir / META_FILE
     stage = FEATURE_STAGES.get(features_dir.name, "teacher_features")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{meta_path}: missing (no complete teacher-feature cache); run `dvc repro {stage}`") from None
-    except ValueError as err:
-        raise DataError(f"{meta_path}: not valid JSON ({err}); run `dvc repro {stage}`") from None
-    return meta
+    return read_json_object(meta_path, DataError, redo=f"run `dvc repro {stage}`",
+                            missing=f"missing (no complete teacher-feature cache); run `dvc repro {stage}`")
 
 
 def open_cache(

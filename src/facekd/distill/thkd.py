@@ -46,3 +46,5 @@ class TeacherHeadDistill(DistillMethod):
 @register("shkd")
 class StudentAwareTeacherDistill(TeacherHeadDistill):
     """``shkd``: the TH-KD loss fed by the student-aware teacher and its head (the pipeline picks them)."""
+
+    teacher_model = "teacher_shkd"  # SH-KD step 2's fine-tuned copy (stage shkd_teacher@shkd)

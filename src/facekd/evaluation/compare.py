@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from facekd import layout
 from facekd.errors import DataError
 from facekd.evaluation import headline as hl
 
@@ -48,7 +49,7 @@ def load(source: str, repo: Path = Path(".")) -> Side:
     if path.is_file():
         return Side(source, hl.read(path))
     if source == WORKSPACE:
-        return Side(WORKSPACE, hl.read(repo / hl.HEADLINE))
+        return Side(WORKSPACE, hl.read(repo / layout.HEADLINE))
     return Side(source, at_revision(source, repo))
 
 
@@ -57,15 +58,15 @@ def at_revision(rev: str, repo: Path = Path(".")) -> dict[str, Any]:
     import dvc.api
 
     try:
-        data = dvc.api.metrics_show(str(hl.HEADLINE), repo=str(repo), rev=rev)
+        data = dvc.api.metrics_show(str(layout.HEADLINE), repo=str(repo), rev=rev)
     except Exception as err:  # noqa: BLE001 - DVC raises many kinds (unknown rev, not a repo, ...); one message
         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
         raise DataError(f"'{rev}': not a headline file, not 'workspace' and not a revision or experiment DVC "
                         f"can read in {repo.resolve()} ({first}); see `dvc exp show` for experiment names") from None
     if not data:
-        raise DataError(f"'{rev}' has no {hl.HEADLINE} (a run before facekd wrote it, or one whose results were "
+        raise DataError(f"'{rev}' has no {layout.HEADLINE} (a run before facekd wrote it, or one whose results were "
                         "never committed: commit dvc.lock and metrics/ after a run, see README 'Experiments')")
-    return hl.parse(data, f"{hl.HEADLINE} at '{rev}'")
+    return hl.parse(data, f"{layout.HEADLINE} at '{rev}'")
 
 
 def _pct(value: Any, signed: bool = False) -> str:

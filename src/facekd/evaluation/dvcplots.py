@@ -27,18 +27,17 @@ from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 
+from facekd import layout
 from facekd.errors import DataError, FacekdError
 from facekd.fsio import replaced_dir, write_text
 
 log = logging.getLogger(__name__)
 
-ROC_DIR = Path("plots/roc")  # per model, written by the evaluate stage
-BY_BENCHMARK = Path("plots/roc_by_benchmark")  # per benchmark, every model: what dvc plots draws
 OUT_DIR = Path("dvc_plots")  # dvc plots show's default output folder (gitignored)
 PAGE_TITLE = "facekd: ROC per benchmark (DVC plots)"
 
 
-def benchmark_rows(models: Sequence[str], src: Path = ROC_DIR) -> dict[str, list[dict[str, float | str]]]:
+def benchmark_rows(models: Sequence[str], src: Path = layout.ROC_POINTS) -> dict[str, list[dict[str, float | str]]]:
     """Benchmark -> rows ``{"model", "fpr", "tpr"}`` of every model, in ``models`` order."""
     by_bench: dict[str, list[dict[str, float | str]]] = defaultdict(list)
     for name in models:
@@ -58,7 +57,8 @@ def benchmark_rows(models: Sequence[str], src: Path = ROC_DIR) -> dict[str, list
     return dict(by_bench)
 
 
-def write_benchmark_rocs(models: Sequence[str], src: Path = ROC_DIR, dest: Path = BY_BENCHMARK) -> list[Path]:
+def write_benchmark_rocs(models: Sequence[str], src: Path = layout.ROC_POINTS,
+                         dest: Path = layout.ROC_BY_BENCHMARK) -> list[Path]:
     """Replace ``dest`` with one ``<benchmark>.json`` per benchmark (a benchmark that is gone leaves
     no stale file behind); returns the files written."""
     rows = benchmark_rows(models, src)

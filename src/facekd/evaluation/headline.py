@@ -22,10 +22,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from facekd import layout
 from facekd.errors import DataError
 from facekd.fsio import read_json_object, write_json
 
-HEADLINE = Path("metrics/headline.json")
 GATE_METRIC = "gate_metric"  # top-level key: which metric "gate" is
 KEYS = ("gate", "gate_low", "gate_high", "lfw_acc")
 DIGITS = 6  # more than any evaluation set here resolves; keeps the file and `dvc metrics diff` readable
@@ -72,7 +72,7 @@ def build(metrics: Mapping[str, Mapping[str, Any]], gate: str, study: Any = None
                                   for name, tree in metrics.items()}}
 
 
-def write(headline: Mapping[str, Any], path: Path = HEADLINE) -> Path:
+def write(headline: Mapping[str, Any], path: Path = layout.HEADLINE) -> Path:
     write_json(path, dict(headline))
     return path
 
@@ -89,7 +89,7 @@ def parse(headline: Any, source: str) -> dict[str, Any]:
     return dict(headline)
 
 
-def read(path: Path = HEADLINE) -> dict[str, Any]:
+def read(path: Path = layout.HEADLINE) -> dict[str, Any]:
     data = read_json_object(path, DataError, redo="rerun `dvc repro report`",
                             missing="no headline metrics; run `dvc repro report` (or `make run`) first")
     return parse(data, str(path))

@@ -14,31 +14,16 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from facekd import layout
 from facekd.errors import DataError
 
-INT8_SUFFIX = ".int8"
-METRICS_DIR = Path("metrics/eval")
-# The export stage's files (facekd.stages.export.onnx_path / int8_path, kept equal by a test):
-# named here so the evaluate stage, which must not depend on the export code, can find them.
-EXPORTS_DIR = Path("exports")
 COSINE_KEY = "cosine_to_float"  # in metrics/eval/<model>.int8.json
 
 Embedder = Callable[[str, np.ndarray], np.ndarray]
-
-
-def int8_name(model: str) -> str:
-    """The evaluated name of ``model``'s INT8 copy: ``none`` -> ``none.int8``."""
-    return f"{model}{INT8_SUFFIX}"
-
-
-def exported_files(model: str) -> tuple[Path, Path]:
-    """(float ONNX, INT8 ONNX) files of ``model`` as the export stage writes them."""
-    return EXPORTS_DIR / f"{model}.onnx", EXPORTS_DIR / f"{model}{INT8_SUFFIX}.onnx"
 
 
 def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -85,11 +70,11 @@ def _spread(values: np.ndarray) -> dict[str, Any]:
     return {"min": float(values.min()), "median": float(statistics.median(values.tolist())), "images": int(values.size)}
 
 
-def int8_metrics(model: str, root: Path = METRICS_DIR) -> dict[str, Any] | None:
+def int8_metrics(model: str) -> dict[str, Any] | None:
     """``metrics/eval/<model>.int8.json``, or None when the INT8 copy was not evaluated."""
     from facekd.fsio import read_json_object
 
-    path = root / f"{int8_name(model)}.json"
+    path = layout.eval_metrics_file(layout.int8_name(model))
     if not path.is_file():
         return None
     return read_json_object(path, DataError, missing="missing", redo=f"re-run `facekd evaluate {model} --int8`")

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from facekd import layout
 from facekd.errors import DataError
 from facekd.evaluation.metrics import SortedScores
 
@@ -34,7 +35,6 @@ log = logging.getLogger(__name__)
 Metric = Callable[[SortedScores], float]  # e.g. lambda s: s.tar_at_far([1e-3])[1e-3]
 # Per model, the scored 1:1 pairs of every IJB-style protocol with their identity clusters (written
 # by the evaluate stage; read by the report and the register stages).
-SCORES = Path("metrics/scores")
 
 
 @dataclass(frozen=True)
@@ -238,7 +238,8 @@ def _scored_pairs(root: Path, name: str, bench: str) -> PairScores | None:
 
 
 def gate_study(models: tuple[str, ...], gate: str, cfg: BootstrapParams, baseline: str = "none",
-               root: Path = SCORES, *, contrasts: Mapping[str, tuple[str, str]] | None = None) -> PairedStudy | None:
+               root: Path = layout.SCORES, *,
+               contrasts: Mapping[str, tuple[str, str]] | None = None) -> PairedStudy | None:
     """The paired bootstrap of the gate metric over identities (a PairedStudy), or None.
 
     None when intervals are off, the gate is not a TAR@FAR reading of a benchmark whose scored

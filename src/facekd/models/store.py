@@ -21,7 +21,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from facekd import fsio
+from facekd import fsio, layout
 from facekd.errors import DataError, FacekdError, TrainingError
 
 if TYPE_CHECKING:
@@ -37,11 +37,6 @@ REQUIRED_META = ("arch", "embedding_size", "width", "dropout")
 ONNX_FORMAT = "onnx"
 REQUIRED_ONNX_META = ("format", "embedding_size", "input")
 
-
-
-def model_dir(name: str) -> Path:
-    """The folder of a trained model: ``models/teacher``, ``models/teacher_shkd``, ``models/<method>``."""
-    return Path("models") / name
 
 def _unwrap(model: nn.Module) -> nn.Module:
     """The plain module inside DDP (``.module``) or torch.compile (``._orig_mod``) wrappers."""
@@ -124,6 +119,15 @@ def read_meta(path: str | Path) -> dict[str, Any]:
     if missing:
         raise DataError(f"{meta_path}: lacks {', '.join(missing)}; re-create the model directory")
     return meta
+
+
+def require_model(name: str) -> dict[str, Any]:
+    """``meta.json`` of the pipeline's trained model ``name``; a missing one says which stage makes it."""
+    folder = layout.model_dir(name)
+    if not (folder / META_FILE).is_file():
+        raise DataError(f"{folder / META_FILE}: missing, no trained '{name}' model here; "
+                        f"run `dvc repro {layout.training_stage(name)}` first")
+    return read_meta(folder)
 
 
 def weights_file(path: str | Path) -> Path:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from facekd import layout
 from facekd.config import Params
 from facekd.errors import ConfigError, DataError
 
@@ -22,8 +22,6 @@ log = logging.getLogger(__name__)
 
 # Settings that change how a run is executed, not what it computes: changing them keeps the resume.
 RESUME_NEUTRAL = ("workers", "checkpoint_every", "eval_every")
-# Methods whose loss never reads the teacher: they run without loading it or its cache.
-TEACHER_FREE = frozenset({"none"})
 
 
 @dataclass(frozen=True)
@@ -34,64 +32,6 @@ class TeacherSide:
     weights_sha256: str
     dim: int
     feed: Any  # CachedTeacher | OnlineTeacher: the loop's extra_batch_fn
-
-
-def teacher_name(method: str) -> str:
-    """The teacher a method distils from: SH-KD has its own student-aware teacher."""
-    return "teacher_shkd" if method == "shkd" else "teacher"
-
-
-def model_dir(name: str) -> Path:
-    return Path("models") / name
-
-
-def require_model(name: str) -> dict[str, Any]:
-    """``meta.json`` of the trained model ``name``; a missing one says which stage trains it."""
-    from facekd.models.store import META_FILE, read_meta
-
-    if not (model_dir(name) / META_FILE).is_file():
-        stage = {"teacher": "train_teacher", "teacher_shkd": "shkd_teacher@shkd"}.get(name, dvc_stage(name))
-        raise DataError(f"{model_dir(name) / META_FILE}: missing, no trained '{name}' model here; "
-                        f"run `dvc repro {stage}` first")
-    return read_meta(model_dir(name))
-
-
-def features_dir(teacher: str) -> Path:
-    return Path("features") / teacher
-
-
-def checkpoint_dir(method: str) -> Path:
-    return Path("checkpoints") / "students" / method
-
-
-def metrics_file(method: str) -> Path:
-    return Path("metrics") / "train" / f"{method}.json"
-
-
-def dvc_stage(method: str) -> str:
-    return "distill_shkd@shkd" if method == "shkd" else f"distill@{method}"
-
-
-def student_data(params: Params, *, augment: bool = True) -> Any:
-    """The students' training set (:class:`facekd.distill.teacher.StudentData`)."""
-    from facekd.data.dataset import open_training_data
-    from facekd.distill.teacher import StudentData, folder_listing_hash
-    from facekd.stages.train_teacher import read_prepared_meta
-
-    data = params.data
-    if data.source == "unlabeled":
-        dataset = open_training_data(data.path, "unlabeled", seed=params.seed, augment=augment)
-        return StudentData(dataset, folder_listing_hash(dataset), 0, str(data.path))
-    prepared = Path(data.prepared_dir)
-    meta = read_prepared_meta(prepared)
-    dataset = open_training_data(prepared, "rec", seed=params.seed, augment=augment)
-    declared = (int(meta.get("num_images", len(dataset))), int(meta.get("num_classes", dataset.num_classes)))
-    if declared != (len(dataset), dataset.num_classes):
-        raise DataError(
-            f"{prepared / 'meta.json'} says {declared[0]} images of {declared[1]} identities but "
-            f"{prepared / 'train.rec'} has {len(dataset)} of {dataset.num_classes}; re-run `dvc repro prepare`"
-        )
-    return StudentData(dataset, meta["data_hash"], dataset.num_classes, str(prepared))
 
 
 def check_method(params: Params, method: str, labeled: bool, where: str) -> None:
@@ -123,6 +63,7 @@ def run(params: Params, method: str) -> None:
 
 
 def _train(params: Params, method: str, dist: Any) -> None:
+    from facekd.data.training_set import student_data
     from facekd.distill.registry import build_method, method_class
     from facekd.distill.teacher import DistillObjective
     from facekd.models.registry import create_backbone
@@ -133,7 +74,7 @@ def _train(params: Params, method: str, dist: Any) -> None:
     check_method(params, method, data.num_classes > 0, data.where)
     distill = params.distill
     section = getattr(distill, method)
-    teacher = None if method in TEACHER_FREE else _teacher_setup(params, method, data, dist)
+    teacher = _teacher_setup(params, method, data, dist) if method_class(method).teacher_model else None
 
     seed_everything(params.seed)
     s = distill.student
@@ -146,9 +87,10 @@ def _train(params: Params, method: str, dist: Any) -> None:
         teacher_dim=teacher.dim if teacher else s.embedding_size, teacher_head=head_weight))
 
     config = run_config(params, method, data.data_hash, teacher)
-    tracker = Tracker.from_params(params.tracking, stage=dvc_stage(method)) if dist.is_main else NullTracker()
+    stage = layout.training_stage(method)
+    tracker = Tracker.from_params(params.tracking, stage=stage) if dist.is_main else NullTracker()
     result = fit(run_name=f"distill-{method}", backbone=backbone, objective=objective, dataset=data.dataset,
-                 optim=distill.optim, run_dir=checkpoint_dir(method), config=config, seed=params.seed,
+                 optim=distill.optim, run_dir=layout.checkpoint_dir(method), config=config, seed=params.seed,
                  tracker=tracker, extra_batch_fn=teacher.feed if teacher else None, dist=dist)
     if dist.is_main:
         _write_outputs(params, method, data, teacher, backbone, objective, result, tracker)
@@ -156,24 +98,26 @@ def _train(params: Params, method: str, dist: Any) -> None:
 
 def _teacher_setup(params: Params, method: str, data: Any, dist: Any) -> TeacherSide:
     """The teacher of ``method``, fed from its checked cache or run online."""
+    from facekd.distill.registry import method_class
     from facekd.distill.teacher import (CachedTeacher, OnlineTeacher, check_cache_dtype, open_cache,
                                         teacher_weights_hash)
+    from facekd.models.store import require_model
 
-    name = teacher_name(method)
+    name = method_class(method).teacher_model
     meta = require_model(name)
-    weights = teacher_weights_hash(model_dir(name))
+    weights = teacher_weights_hash(layout.model_dir(name))
     dim = int(meta["embedding_size"])
     if params.distill.teacher_source == "online":
         from facekd.models.store import load_backbone
 
-        backbone, _ = load_backbone(model_dir(name))
+        backbone, _ = load_backbone(layout.model_dir(name))
         from facekd.training.runtime import use_channels_last
 
         channels_last = use_channels_last(params.distill.optim.channels_last, backbone, dist.device)
         feed: Any = OnlineTeacher(backbone, dist.device, channels_last)
     else:
         check_cache_dtype(method, params.distill.cache_dtype)
-        cache = open_cache(features_dir(name), num_images=len(data.dataset), data_hash=data.data_hash,
+        cache = open_cache(layout.features_dir(name), num_images=len(data.dataset), data_hash=data.data_hash,
                            weights_hash=weights, dim=dim, dtype=params.distill.cache_dtype)
         feed = CachedTeacher(cache)
     return TeacherSide(name, weights, dim, feed)
@@ -185,11 +129,11 @@ def _teacher_head(params: Params, teacher: TeacherSide, method: str, data: Any) 
     from facekd.distill.teacher import class_mean_centres, open_cache
     from facekd.models.store import HEAD_FILE, ONNX_FORMAT, load_head_weight, read_meta
 
-    folder = model_dir(teacher.name)
+    folder = layout.model_dir(teacher.name)
     if (folder / HEAD_FILE).is_file():
         return load_head_weight(folder)
     if read_meta(folder).get("format") == ONNX_FORMAT:
-        cache = open_cache(features_dir(teacher.name), num_images=len(data.dataset), data_hash=data.data_hash,
+        cache = open_cache(layout.features_dir(teacher.name), num_images=len(data.dataset), data_hash=data.data_hash,
                            weights_hash=teacher.weights_sha256, dim=teacher.dim, dtype=params.distill.cache_dtype)
         log.info("%s: W_t estimated as the class means of the ONNX teacher's cached embeddings", method)
         return class_mean_centres(cache, data.dataset.labels, data.num_classes)
@@ -226,7 +170,7 @@ def run_config(params: Params, method: str, data_hash: str, teacher: TeacherSide
 
 def _write_outputs(params: Params, method: str, data: Any, teacher: TeacherSide | None, backbone: Any,
                    objective: Any, result: dict[str, Any], tracker: Any) -> None:
-    from facekd.stages.outputs import publish_trained_model
+    from facekd.training.outputs import publish_trained_model
 
     head = objective.student_head()
     meta: dict[str, Any] = {
@@ -242,7 +186,7 @@ def _write_outputs(params: Params, method: str, data: Any, teacher: TeacherSide 
                  "teacher_source": params.distill.teacher_source}
     if head is not None:
         meta["head"] = {"type": head.kind, "scale": head.scale, "margin": head.margin}
-    metrics = publish_trained_model(model_dir(method), metrics_file(method), backbone, meta,
+    metrics = publish_trained_model(layout.model_dir(method), layout.train_metrics_file(method), backbone, meta,
                                     head.weight.detach().cpu() if head else None, result, tracker)
     log.info("distill %s: %d steps, final loss %s, %.1f img/s -> %s", method, result["step"], metrics["loss"],
-             result["img_per_s"], model_dir(method))
+             result["img_per_s"], layout.model_dir(method))

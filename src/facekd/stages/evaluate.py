@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from facekd import layout
 from facekd.config import Params
 from facekd.errors import DataError
 from facekd.fsio import atomic_write, write_json
@@ -31,7 +32,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FEATURES = Path("features/eval")
 
 
 def run(params: Params, model_name: str, *, int8: bool = False) -> dict:
@@ -39,17 +39,17 @@ def run(params: Params, model_name: str, *, int8: bool = False) -> dict:
     import torch
 
     from facekd.evaluation.benchmarks import score_all
-    from facekd.evaluation.int8 import COSINE_KEY, exported_files, int8_name
+    from facekd.evaluation.int8 import COSINE_KEY
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
     if int8:
-        name, (meta, header, embed) = int8_name(model_name), _int8(params, model_name)
+        name, (meta, header, embed) = layout.int8_name(model_name), _int8(params, model_name)
     else:
         name, (meta, header, embed) = model_name, _pytorch(params, model_name)
     scored = score_all(Path(params.data.eval_dir), embed, params.evaluate, name)
     metrics = {**header, **scored.metrics}
     if int8:
-        metrics[COSINE_KEY] = embed.summary(str(exported_files(model_name)[0]))
+        metrics[COSINE_KEY] = embed.summary(str(layout.onnx_path(model_name)))
         cos = metrics[COSINE_KEY]
         log.info("%s: INT8 vs float embedding cosine over %d images: min %.4f, median %.4f",
                  name, cos["images"], cos["min"], cos["median"])
@@ -77,9 +77,9 @@ def _header(model_name: str, meta: dict[str, Any]) -> dict[str, Any]:
 def _pytorch(params: Params, model_name: str) -> tuple[dict, dict, Embedder]:
     """The model folder's backbone (trained weights, or an imported ONNX model): (meta, metrics header, embedder)."""
     from facekd.evaluation.embed import checkpoint_hash
-    from facekd.models.store import load_backbone, model_dir, weights_file
+    from facekd.models.store import load_backbone, weights_file
 
-    src = model_dir(model_name)
+    src = layout.model_dir(model_name)
     weights = weights_file(src)
     if not weights.is_file():
         raise DataError(f"{src}: no trained model ({weights.name} missing); "
@@ -87,7 +87,7 @@ def _pytorch(params: Params, model_name: str) -> tuple[dict, dict, Embedder]:
     model, meta = load_backbone(src)
     # an imported ONNX model's input convention is part of what it computes
     key = checkpoint_hash(weights) + str(meta.get("input", ""))
-    embed = _cached(FEATURES / model_name, key, model, params.evaluate.batch_size)
+    embed = _cached(layout.EVAL_FEATURES / model_name, key, model, params.evaluate.batch_size)
     return meta, _header(model_name, meta), embed
 
 
@@ -101,17 +101,17 @@ def _int8(params: Params, model_name: str) -> tuple[dict, dict, Any]:
     import torch
 
     from facekd.evaluation.embed import checkpoint_hash
-    from facekd.evaluation.int8 import AgreementEmbedder, exported_files, int8_name
+    from facekd.evaluation.int8 import AgreementEmbedder
     from facekd.models.onnx_backbone import InputConvention, OnnxBackbone
-    from facekd.models.store import model_dir, read_meta
+    from facekd.models.store import read_meta
 
-    meta = read_meta(model_dir(model_name))
-    float_file, quantized_file = exported_files(model_name)
+    meta = read_meta(layout.model_dir(model_name))
+    float_file, quantized_file = layout.onnx_path(model_name), layout.int8_path(model_name)
     for path in (float_file, quantized_file):
         if not path.is_file():
             raise DataError(f"{path}: missing; run `dvc repro export@{model_name}` with export.int8.enabled: true")
     convention, threads = InputConvention(normalization="outside"), torch.get_num_threads()
-    batch, cache_dir = params.evaluate.batch_size, FEATURES / int8_name(model_name)
+    batch, cache_dir = params.evaluate.batch_size, layout.EVAL_FEATURES / layout.int8_name(model_name)
     embed = AgreementEmbedder(
         _cached(cache_dir, checkpoint_hash(quantized_file), OnnxBackbone(quantized_file, convention, threads), batch),
         _cached(cache_dir, checkpoint_hash(float_file), OnnxBackbone(float_file, convention, threads), batch))
@@ -123,13 +123,12 @@ def _int8(params: Params, model_name: str) -> tuple[dict, dict, Any]:
 def _write_outputs(name: str, metrics: dict, scored: Any) -> Path:
     """The stage's files under the evaluated ``name``; returns the ROC PNG."""
     from facekd.evaluation.plots import roc_figure, roc_points, save_png
-    from facekd.evaluation.uncertainty import SCORES
 
-    write_json(Path("metrics/eval") / f"{name}.json", _finite(metrics))
-    atomic_write(SCORES / f"{name}.npz", lambda f: np.savez(f, **scored.pairs))  # the report's intervals
-    write_json(Path("plots/roc") / f"{name}.json",
+    write_json(layout.eval_metrics_file(name), _finite(metrics))
+    atomic_write(layout.scores_file(name), lambda f: np.savez(f, **scored.pairs))  # the report's intervals
+    write_json(layout.ROC_POINTS / f"{name}.json",
                [{"benchmark": b, **p} for b, roc in scored.curves.items() for p in roc_points(*roc)])
-    png = Path("reports/roc") / f"{name}.png"
+    png = layout.ROC_IMAGES / f"{name}.png"
     save_png(roc_figure(scored.curves, f"{name}: ROC per benchmark"), png)
     return png
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from facekd import layout
 from facekd.config import Params
 from facekd.errors import DataError, ExportError
 
@@ -23,24 +24,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXPORTS_DIR = Path("exports")
-REPORTS_DIR = Path("reports/export")
 PARITY_BINS = ("synth_lfw.bin", "lfw.bin")
 PARITY_IMAGES = 64
-
-
-
-
-def onnx_path(model_name: str) -> Path:
-    return EXPORTS_DIR / f"{model_name}.onnx"
-
-
-def int8_path(model_name: str) -> Path:
-    return EXPORTS_DIR / f"{model_name}.int8.onnx"
-
-
-def report_path(model_name: str) -> Path:
-    return REPORTS_DIR / f"{model_name}.json"
 
 
 def parity_bin(eval_dir: Path) -> Path:
@@ -73,9 +58,8 @@ def run(params: Params, model_name: str, *, exporter: Exporter | None = None) ->
     from facekd.fsio import write_json
     from facekd.models.store import load_backbone
 
-    from facekd.models.store import model_dir
 
-    source = model_dir(model_name)
+    source = layout.model_dir(model_name)
     if not (source / "meta.json").is_file():
         raise ExportError(
             f"{source}: no trained model '{model_name}' here (meta.json missing); train it first "
@@ -85,9 +69,9 @@ def run(params: Params, model_name: str, *, exporter: Exporter | None = None) ->
     images = parity_images(params)
     metadata = {key: meta.get(key, "") for key in ("arch", "method", "teacher", "embedding_size", "data_hash")}
     metadata["model"] = model_name
-    export = export_onnx(model, onnx_path(model_name), opset=params.export.opset, metadata=metadata,
+    export = export_onnx(model, layout.onnx_path(model_name), opset=params.export.opset, metadata=metadata,
                          exporter=exporter or params.export.exporter, rewrite_prelu=params.export.rewrite_prelu)
-    checks = run_checks(onnx_path(model_name), model, images, params.export)
+    checks = run_checks(layout.onnx_path(model_name), model, images, params.export)
     report = {
         "model": model_name,
         "source": str(source),
@@ -97,15 +81,15 @@ def run(params: Params, model_name: str, *, exporter: Exporter | None = None) ->
     }
     if params.export.int8.enabled and checks["passed"]:  # no INT8 copy of a graph that failed its checks
         report["int8"] = _int8(params, model_name, images)
-    write_json(report_path(model_name), report)
+    write_json(layout.export_report(model_name), report)
     if not checks["passed"]:
         raise ExportError(
-            f"{onnx_path(model_name)}: export checks failed: {'; '.join(checks['failures'])} "
-            f"(details in {report_path(model_name)})"
+            f"{layout.onnx_path(model_name)}: export checks failed: {'; '.join(checks['failures'])} "
+            f"(details in {layout.export_report(model_name)})"
         )
     log.info(
         "%s: exported in %.1f s; min cosine %.7f; batch-1 latency onnxruntime %.2f ms vs torch %.2f ms",
-        onnx_path(model_name),
+        layout.onnx_path(model_name),
         export["export_seconds"],
         min(p["min_cosine"] for p in checks["parity"].values()),
         checks["latency_ms"]["onnxruntime_b1"],
@@ -121,10 +105,10 @@ def _int8(params: Params, model_name: str, parity: np.ndarray) -> dict:
     int8 = params.export.int8
     training = open_training_data(Path(params.data.prepared_dir), "rec", augment=False)
     sample = calibration_sample(training, int8.calibration_images)
-    info = quantize_int8(onnx_path(model_name), int8_path(model_name), sample, int8)
+    info = quantize_int8(layout.onnx_path(model_name), layout.int8_path(model_name), sample, int8)
     info["calibration_data"] = training.name
-    info["cosine_to_float"] = embedding_cosines(onnx_path(model_name), int8_path(model_name), parity)
-    log.info("%s: %d bytes (float %d), embedding cosine to float min %.4f median %.4f", int8_path(model_name),
-             info["file_bytes"], onnx_path(model_name).stat().st_size, info["cosine_to_float"]["min"],
+    info["cosine_to_float"] = embedding_cosines(layout.onnx_path(model_name), layout.int8_path(model_name), parity)
+    log.info("%s: %d bytes (float %d), embedding cosine to float min %.4f median %.4f", layout.int8_path(model_name),
+             info["file_bytes"], layout.onnx_path(model_name).stat().st_size, info["cosine_to_float"]["min"],
              info["cosine_to_float"]["median"])
     return info

@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from facekd import layout
 from facekd.config import Params
 from facekd.errors import DataError
-from facekd.fsio import write_text
+from facekd.fsio import read_json_object, write_text
 
 log = logging.getLogger(__name__)
 
-OUT = Path("reports")
 # Headline number per benchmark kind: what the seed papers' tables report.
 HEADLINE = {"bin": ("accuracy",), "ijb": ("tar@far=1e-4", "tar@far=1e-3", "rank1"),
             "mfr": ("tar@far<=1e-4", "tar@lowest_supported_far")}
@@ -38,14 +38,10 @@ def _lookup(metrics: dict, dotted: str) -> float:
     return float(node) if node is not None else float("nan")
 
 
-def load_metrics(models: tuple[str, ...], root: Path = Path("metrics/eval")) -> dict[str, dict]:
-    out = {}
-    for name in models:
-        path = root / f"{name}.json"
-        if not path.is_file():
-            raise DataError(f"{path}: missing; run `dvc repro evaluate@{name}` first")
-        out[name] = json.loads(path.read_text())
-    return out
+def load_metrics(models: tuple[str, ...]) -> dict[str, dict]:
+    """Every model's ``metrics/eval/<model>.json``; a missing one names the stage that writes it."""
+    return {name: read_json_object(layout.eval_metrics_file(name), DataError, redo=f"run `dvc repro evaluate@{name}`",
+                                   missing=f"missing; run `dvc repro evaluate@{name}` first") for name in models}
 
 
 def _with_intervals(board: pd.DataFrame, study: Any) -> pd.DataFrame:
@@ -272,7 +268,7 @@ def _roc_all(models: tuple[str, ...], gate: str, path: Path) -> None:
     bench = gate.split(".", 1)[0]
     curves = {}
     for name in models:
-        points = json.loads((Path("plots/roc") / f"{name}.json").read_text())
+        points = json.loads((layout.ROC_POINTS / f"{name}.json").read_text())
         pts = [p for p in points if p["benchmark"] == bench]
         if pts:
             curves[name] = (np.array([p["fpr"] for p in pts]), np.array([p["tpr"] for p in pts]))
@@ -281,22 +277,22 @@ def _roc_all(models: tuple[str, ...], gate: str, path: Path) -> None:
 
 def run(params: Params) -> pd.DataFrame:
     from facekd.evaluation import dvcplots, headline
-    from facekd.evaluation.int8 import int8_metrics, int8_name
+    from facekd.evaluation.int8 import int8_metrics
     from facekd.evaluation.uncertainty import gate_study
 
     models = params.evaluate.models
     gate = params.registry.gate_metric
     int8 = {name: found for name in models if (found := int8_metrics(name)) is not None}
-    study = gate_study(models, gate, params.evaluate.bootstrap, contrasts={m: (int8_name(m), m) for m in int8})
+    study = gate_study(models, gate, params.evaluate.bootstrap, contrasts={m: (layout.int8_name(m), m) for m in int8})
     # What DVC shows: metrics/headline.json (dvc exp show / metrics diff) and one ROC plot per benchmark.
     headline.write(headline.build(load_metrics(models), gate, study))
     dvcplots.write_benchmark_rocs(models)
     board = leaderboard(load_metrics(models), gate, study, int8)
-    write_text(OUT / "leaderboard.md", _markdown(board, gate, study))
-    write_text(OUT / "leaderboard.txt", _terminal(board, gate, study))
-    _bar_chart(board, gate, OUT / "leaderboard.png")
-    _roc_all(models, gate, OUT / "roc_all.png")
-    images = {"Gate metric per model": OUT / "leaderboard.png", f"ROC on {gate.split('.', 1)[0]}": OUT / "roc_all.png"}
-    write_text(OUT / "leaderboard.html", _html(board, gate, study, images))
+    write_text(layout.LEADERBOARD_MD, _markdown(board, gate, study))
+    write_text(layout.LEADERBOARD_TEXT, _terminal(board, gate, study))
+    _bar_chart(board, gate, layout.LEADERBOARD_PNG)
+    _roc_all(models, gate, layout.ROC_ALL_PNG)
+    images = {"Gate metric per model": layout.LEADERBOARD_PNG, f"ROC on {gate.split('.', 1)[0]}": layout.ROC_ALL_PNG}
+    write_text(layout.LEADERBOARD_HTML, _html(board, gate, study, images))
     log.info("leaderboard:\n%s", board.to_string(float_format=lambda v: f"{v:.4f}"))
     return board

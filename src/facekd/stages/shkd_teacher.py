@@ -10,20 +10,17 @@ that student head, meta.json), ``metrics/train/teacher_shkd.json``; resumes from
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Any
 
+from facekd import layout
 from facekd.config import OptimParams, Params
 from facekd.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 RUN_NAME = "teacher_shkd"
-BASE_TEACHER = Path("models/teacher")
-STUDENT_HEAD_SOURCE = Path("models/none")
-CHECKPOINT_DIR = Path("checkpoints/teacher_shkd")
-MODEL_DIR = Path("models/teacher_shkd")
-METRICS_FILE = Path("metrics/train/teacher_shkd.json")
+BASE_TEACHER = layout.model_dir("teacher")
+STUDENT_HEAD_SOURCE = layout.model_dir("none")
 RESUME_NEUTRAL = ("workers", "checkpoint_every", "eval_every")
 
 
@@ -59,8 +56,7 @@ def _frozen_student_head(num_classes: int, dim: int) -> tuple[Any, str]:
     """The `none` student's trained margin head, frozen, and the sha256 of its head.pt."""
     from facekd.fsio import file_sha256
     from facekd.models.heads import MarginHead
-    from facekd.models.store import HEAD_FILE, load_head_weight
-    from facekd.stages.distill import require_model
+    from facekd.models.store import HEAD_FILE, load_head_weight, require_model
 
     meta = require_model(STUDENT_HEAD_SOURCE.name)
     path = STUDENT_HEAD_SOURCE / HEAD_FILE
@@ -81,9 +77,9 @@ def _frozen_student_head(num_classes: int, dim: int) -> tuple[Any, str]:
 
 
 def _train(params: Params, dist: Any) -> None:
+    from facekd.data.training_set import student_data
     from facekd.distill.teacher import teacher_weights_hash
-    from facekd.models.store import load_backbone
-    from facekd.stages.distill import require_model, student_data
+    from facekd.models.store import load_backbone, require_model
     from facekd.tracking import NullTracker, Tracker
     from facekd.training.loop import fit, seed_everything
     from facekd.training.objectives import HeadObjective
@@ -113,7 +109,8 @@ def _train(params: Params, dist: Any) -> None:
               "student_head": {"sha256": head_sha, "type": head.kind, "scale": head.scale, "margin": head.margin}}
     tracker = Tracker.from_params(params.tracking, stage="shkd_teacher") if dist.is_main else NullTracker()
     result = fit(run_name=RUN_NAME, backbone=backbone, objective=HeadObjective(head), dataset=data.dataset,
-                 optim=optim, run_dir=CHECKPOINT_DIR, config=config, seed=params.seed, tracker=tracker, dist=dist)
+                 optim=optim, run_dir=layout.checkpoint_dir(RUN_NAME), config=config, seed=params.seed,
+                 tracker=tracker, dist=dist)
     if dist.is_main:
         meta = {"role": "teacher", "variant": "shkd", "data_hash": data.data_hash,
                 "base_teacher_weights_sha256": base_sha, "student_head_sha256": head_sha,
@@ -123,8 +120,9 @@ def _train(params: Params, dist: Any) -> None:
 
 
 def _write_outputs(backbone: Any, head: Any, meta: dict[str, Any], result: dict[str, Any], tracker: Any) -> None:
-    from facekd.stages.outputs import publish_trained_model
+    from facekd.training.outputs import publish_trained_model
 
-    metrics = publish_trained_model(MODEL_DIR, METRICS_FILE, backbone, meta, head.weight.detach().cpu(), result,
-                                    tracker)
-    log.info("teacher_shkd: %d steps, final loss %s -> %s", result["step"], metrics["loss"], MODEL_DIR)
+    folder = layout.model_dir(RUN_NAME)
+    metrics = publish_trained_model(folder, layout.train_metrics_file(RUN_NAME), backbone, meta,
+                                    head.weight.detach().cpu(), result, tracker)
+    log.info("teacher_shkd: %d steps, final loss %s -> %s", result["step"], metrics["loss"], folder)

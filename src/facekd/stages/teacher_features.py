@@ -11,29 +11,27 @@ from __future__ import annotations
 
 import logging
 
+from facekd import layout
 from facekd.config import Params
 from facekd.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-TEACHERS = ("teacher", "teacher_shkd")
-
-
 def run(params: Params, teacher_name: str) -> None:
     """Write (or confirm up to date) ``features/<teacher_name>/``."""
     import torch
 
+    from facekd.data.training_set import student_data
     from facekd.distill.teacher import read_cache_meta, teacher_weights_hash, write_teacher_features
     from facekd.errors import DataError
-    from facekd.models.store import ONNX_FORMAT, load_backbone
-    from facekd.stages.distill import features_dir, model_dir, require_model, student_data
+    from facekd.models.store import ONNX_FORMAT, load_backbone, require_model
 
-    if teacher_name not in TEACHERS:
-        raise ConfigError(f"unknown teacher '{teacher_name}'; choose one of {', '.join(TEACHERS)}")
+    if teacher_name not in layout.TEACHERS:
+        raise ConfigError(f"unknown teacher '{teacher_name}'; choose one of {', '.join(layout.TEACHERS)}")
     require_model(teacher_name)
     data = student_data(params, augment=False)
-    weights = teacher_weights_hash(model_dir(teacher_name))
-    out = features_dir(teacher_name)
+    weights = teacher_weights_hash(layout.model_dir(teacher_name))
+    out = layout.features_dir(teacher_name)
     wanted = {"teacher_weights_sha256": weights, "data_hash": data.data_hash, "num_images": len(data.dataset),
               "dtype": params.distill.cache_dtype}
     try:
@@ -43,7 +41,7 @@ def run(params: Params, teacher_name: str) -> None:
     if all(current.get(k) == v for k, v in wanted.items()) and (out / "embeddings.npy").is_file():
         log.info("%s is up to date (teacher %s..., data %s...): nothing to do", out, weights[:12], data.data_hash[:12])
         return
-    teacher, meta = load_backbone(model_dir(teacher_name))
+    teacher, meta = load_backbone(layout.model_dir(teacher_name))
     onnx = meta.get("format") == ONNX_FORMAT  # run by onnxruntime on the CPU, batch from teacher.onnx
     device = torch.device("cuda") if torch.cuda.is_available() and not onnx else torch.device("cpu")
     batch_size = params.teacher.onnx.batch_size if onnx else params.evaluate.batch_size

@@ -13,53 +13,24 @@ is checked and imported into ``models/teacher/`` (model.onnx + meta.json, no hea
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from facekd import layout
 from facekd.config import Params, TeacherParams
 from facekd.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
 RUN_NAME = "teacher"
-CHECKPOINT_DIR = Path("checkpoints/teacher")
-MODEL_DIR = Path("models/teacher")
-METRICS_FILE = Path("metrics/train/teacher.json")
+CHECKPOINT_DIR = layout.checkpoint_dir(RUN_NAME)
+MODEL_DIR = layout.model_dir(RUN_NAME)
+METRICS_FILE = layout.train_metrics_file(RUN_NAME)
 # Settings that change how a run is executed, not what it computes: changing them keeps the resume.
 RESUME_NEUTRAL = ("workers", "checkpoint_every", "eval_every")
-
-
-def read_prepared_meta(prepared: Path) -> dict[str, Any]:
-    """``meta.json`` of the prepared data, with a ``data_hash`` (computed when absent)."""
-    meta_path = prepared / "meta.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise DataError(f"{meta_path}: missing; run `facekd prepare` first") from None
-    except ValueError as err:
-        raise DataError(f"{meta_path}: not valid JSON ({err}); re-run `facekd prepare`") from None
-    _check_prepared_meta(meta, meta_path)
-    if "data_hash" not in meta:
-        digest = hashlib.sha256((prepared / "train.idx").read_bytes() + meta_path.read_bytes())
-        meta["data_hash"] = digest.hexdigest()
-    return meta
-
-
-def _check_prepared_meta(meta: Any, meta_path: Path) -> None:
-    """The fields stages use have the types `prepare` writes (absurd ones were tracebacks later)."""
-    if not isinstance(meta, dict):
-        raise DataError(f"{meta_path}: holds a JSON {type(meta).__name__}, not an object; re-run `facekd prepare`")
-    for key in ("num_images", "num_classes"):
-        value = meta.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**31:
-            raise DataError(f"{meta_path}: {key} is {str(value)[:40]!r}, not a count; re-run `facekd prepare`")
-    if not isinstance(meta.get("data_hash", ""), str):
-        raise DataError(f"{meta_path}: data_hash is not a string; re-run `facekd prepare`")
 
 
 def run_config(params: Params, data_hash: str) -> dict[str, Any]:
@@ -126,6 +97,7 @@ def run(params: Params) -> None:
 
 def _train(params: Params, dist: Any) -> None:
     from facekd.data.dataset import open_training_data
+    from facekd.data.training_set import read_prepared_meta
     from facekd.models.registry import create_backbone
     from facekd.tracking import NullTracker, Tracker
     from facekd.training.loop import fit, seed_everything
@@ -159,6 +131,7 @@ def _train(params: Params, dist: Any) -> None:
 def _import_onnx(params: Params) -> None:
     """``models/teacher`` from ``teacher.onnx.path``, checked on a sample of ``data/prepared``."""
     from facekd.data.dataset import open_training_data
+    from facekd.data.training_set import read_prepared_meta
     from facekd.fsio import write_json
     from facekd.models.onnx_teacher import import_onnx_teacher, sanity_sample
     from facekd.tracking import Tracker
@@ -188,7 +161,7 @@ def _import_onnx(params: Params) -> None:
 
 def _write_outputs(params: Params, data_meta: dict[str, Any], backbone: Any, centres: Any,
                    result: dict[str, Any], tracker: Any) -> None:
-    from facekd.stages.outputs import publish_trained_model
+    from facekd.training.outputs import publish_trained_model
 
     meta = {
         "role": "teacher",

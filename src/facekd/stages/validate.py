@@ -9,17 +9,15 @@ import logging
 import os
 from pathlib import Path
 
+from facekd import layout
 from facekd.config import Params
 from facekd.data.validation import ValidationFailed, build_manifests, failed_expectations, run_suite, summary_markdown
 from facekd.fsio import write_json, write_text
 
 log = logging.getLogger(__name__)
 
-REPORT_JSON = Path("reports/validation.json")
-REPORT_MD = Path("reports/validation.md")
 
-
-def run(params: Params, report_json: Path = REPORT_JSON, report_md: Path = REPORT_MD) -> dict:
+def run(params: Params, report_json: Path = layout.VALIDATION_JSON, report_md: Path = layout.VALIDATION_MD) -> dict:
     # GX progress bars flood CI logs; it reads this switch from the environment.
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     manifests = build_manifests(Path(params.data.prepared_dir), Path(params.data.eval_dir), params.data.validation)
