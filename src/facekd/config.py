@@ -155,8 +155,9 @@ class OptimParams(Section):
     amp: Literal["off", "fp16", "bf16"] = "off"
     # auto: channels_last on CUDA, and on CPU where measured faster (facekd.training.runtime)
     channels_last: bool | Literal["auto"] = "auto"
-    # auto: one intra-op thread per idle core at start-up; an integer for bit-identical reruns
-    threads: Annotated[int, Field(ge=1, le=1024)] | Literal["auto"] = "auto"
+    # auto: one intra-op thread per usable core (the same every run: the count changes the
+    # result); idle: one per idle core at start-up (faster beside other work, results vary with load)
+    threads: Annotated[int, Field(ge=1, le=1024)] | Literal["auto", "idle"] = "auto"
     workers: int = Field(0, ge=0, le=1024)
     checkpoint_every: int = Field(200, ge=1, le=2**31 - 1)
     eval_every: int = Field(0, ge=0, le=2**31 - 1)

@@ -1,4 +1,4 @@
-"""CPU runtime choices: intra-op threads by idle cores, channels_last by measurement (issue 13)."""
+"""CPU runtime choices: intra-op threads (usable or idle cores), channels_last by measurement (issue 13)."""
 from __future__ import annotations
 
 import subprocess
@@ -21,7 +21,18 @@ def test_one_thread_per_idle_core(idle, usable, expected):
 def test_param_and_environment_win_over_measurement(monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert runtime.choose_threads(3) == 3
-    assert runtime.choose_threads("auto") == 1
+    assert runtime.choose_threads("auto") == 1 and runtime.choose_threads("idle") == 1
+
+
+def test_auto_ignores_the_load_and_idle_follows_it(monkeypatch):
+    """auto: the usable cores whatever else runs (the count changes the trained model); idle: per idle core."""
+    import os
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(runtime, "idle_cores", lambda *a: 0.6)  # one core busy with other work
+    assert runtime.choose_threads("auto") == 2
+    assert runtime.choose_threads("idle") == 1
 
 
 def test_a_busy_process_takes_a_core_off_the_idle_count():

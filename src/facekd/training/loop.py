@@ -465,14 +465,15 @@ class Trainer:
                                 f"delete {self.run_dir}/ to start over") from None
 
     def _resume_threads(self, saved: Any) -> None:
-        """Under ``threads: auto``, go on with the thread count the run started with: the count
-        changes some kernels' summation order, and a resumed run should stay bit-identical."""
+        """Under ``threads: auto`` / ``idle``, go on with the thread count the run started with: the
+        count changes some kernels' summation order, and a resumed run should stay bit-identical."""
         import torch
 
-        if self.threads is None or self.optim.threads != "auto" or not isinstance(saved, int) or saved < 1:
+        chosen = self.optim.threads
+        if self.threads is None or chosen not in ("auto", "idle") or not isinstance(saved, int) or saved < 1:
             return
         if saved != self.threads:
-            log.info("resuming with the run's %d intra-op threads (auto chose %d now)", saved, self.threads)
+            log.info("resuming with the run's %d intra-op threads (%s chose %d now)", saved, chosen, self.threads)
             torch.set_num_threads(saved)
             self.threads = saved
 

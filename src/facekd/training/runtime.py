@@ -2,12 +2,15 @@
 
 Both are ``auto`` by default and resolved once per process from measurements (issue 13):
 
-* **Threads.** On 2 cores, a 2-thread step beside one busy process runs at ~110 img/s while a
-  1-thread step keeps ~170 (the quiet 2-thread figure is ~280): OpenMP's barrier waits for the
-  thread the scheduler parked. ``auto`` samples ``/proc/stat`` for a quarter of a second at start
-  and uses one thread per idle core. An explicit ``OMP_NUM_THREADS`` or an integer param wins.
-  The thread count changes the floating-point summation order of some backward kernels, so set an
-  integer for runs that must be bit-identical across machines and load.
+* **Threads.** ``auto`` is one thread per core this process may use: the same on every run of a
+  machine, because the thread count changes the floating-point summation order of backward
+  kernels (and, through :data:`CPU_NCHW_FASTER`, the layout), and so the trained model. Choosing
+  by load made results depend on what else ran: on one 2-core machine the embedded teacher trained
+  with 1 thread (beside a test run) scored 12.67 at the gate against 18.67 with 2 (quiet).
+  ``idle`` trades that for speed beside other work: it samples ``/proc/stat`` for a quarter of a
+  second and uses one thread per idle core (on 2 cores a 2-thread step beside one busy process
+  runs at ~110 img/s while a 1-thread step keeps ~170; quiet 2-thread ~280: OpenMP's barrier
+  waits for the thread the scheduler parked). An explicit ``OMP_NUM_THREADS`` or an integer wins.
 * **Layout.** ``channels_last`` pays on CUDA and on CPU for most backbones, but not everywhere on
   CPU (:data:`CPU_NCHW_FASTER`, from ``python -m bench.cpu_path``).
 """
@@ -24,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Auto = Literal["auto"]
+Auto = Literal["auto", "idle"]
 # (arch, width) -> the thread counts at which its CPU training step did not measure faster in
 # channels_last than in NCHW (`python -m bench.cpu_path`, batch 32, AVX2 EPYC, 2026-12-03). At 2
 # threads iresnet_tiny (8-channel first stage at every width here) measured cl/NCHW time 1.11 /
@@ -62,12 +65,14 @@ def idle_cores(sample_seconds: float = _SAMPLE_SECONDS) -> float | None:
 
 
 def choose_threads(setting: int | Auto) -> int:
-    """Intra-op threads for this process: the param, else ``OMP_NUM_THREADS``, else idle cores."""
-    if setting != "auto":
+    """Intra-op threads for this process: an integer param, else ``OMP_NUM_THREADS``, else the
+    usable cores (``auto``) or the idle ones (``idle``)."""
+    if setting not in ("auto", "idle"):
         return int(setting)
     if os.environ.get("OMP_NUM_THREADS", "").isdigit():
         return max(1, int(os.environ["OMP_NUM_THREADS"]))
-    return threads_for(idle_cores(), len(os.sched_getaffinity(0)))
+    usable = len(os.sched_getaffinity(0))
+    return threads_for(idle_cores(), usable) if setting == "idle" else usable
 
 
 def threads_for(idle: float | None, usable: int) -> int:
@@ -84,7 +89,8 @@ def apply_threads(setting: int | Auto) -> int:
     threads = choose_threads(setting)
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
-    log.info("intra-op threads: %d (%s)", threads, "auto: idle cores" if setting == "auto" else "param")
+    how = {"auto": "auto: usable cores", "idle": "idle: one per idle core"}.get(str(setting), "param")
+    log.info("intra-op threads: %d (%s)", threads, how)
     return threads
 
 
