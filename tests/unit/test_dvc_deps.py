@@ -115,6 +115,8 @@ def test_stage_deps_cover_every_module_its_command_runs(stage, cmd, deps):
     missing = sorted(str(path.relative_to(ROOT)) for path in command_modules(cmd)
                      if not any(path == dep or dep in path.parents for dep in covered))
     assert not missing, f"dvc.yaml stage {stage} ({cmd}) runs these modules but does not list them as deps: {missing}"
+    gone = [d for d in deps if d.startswith(("src/", "pipelines/")) and not (ROOT / d).exists()]
+    assert not gone, f"dvc.yaml stage {stage} depends on source paths that do not exist (DVC stops on them): {gone}"
 
 
 def test_the_analysis_follows_lazy_and_relative_imports():
