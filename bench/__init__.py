@@ -5,4 +5,4 @@ One module per target; each has ``run(quick=False) -> list[common.Result]`` and 
 
 # Run order of ``python -m bench``: cheap and independent first, the whole pipeline last.
 BENCHES = ("verification", "ijb_scoring", "export_latency", "data_pipeline", "train_step", "distill_cost",
-           "cpu_path", "gpu_train", "int8_latency", "onnx_teacher", "pipeline_wall")
+           "cpu_path", "gpu_train", "int8_latency", "onnx_teacher", "pipeline_wall", "stability")

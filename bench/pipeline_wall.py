@@ -57,10 +57,10 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
-def _env(repo: Path) -> dict[str, str]:
+def _env(repo: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
     bin_dir = str(Path(sys.executable).parent)
     return {**os.environ, **TELEMETRY_OFF, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-            "PYTHONPATH": str(repo / "src")}
+            "PYTHONPATH": str(repo / "src"), **(extra or {})}
 
 
 def _tree_memory(pid: int) -> tuple[int, int]:
@@ -83,12 +83,12 @@ def _tree_memory(pid: int) -> tuple[int, int]:
     return rss, pss
 
 
-def measure(cmd: list[str], repo: Path, log: Path) -> Run:
-    """Run ``cmd`` in ``repo``; wall seconds and the process tree's peak memory."""
+def measure(cmd: list[str], repo: Path, log: Path, extra_env: dict[str, str] | None = None) -> Run:
+    """Run ``cmd`` in ``repo`` (with ``extra_env`` set); wall seconds and the process tree's peak memory."""
     peak_rss = peak_pss = 0
     with open(log, "w") as out:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=repo, env=_env(repo), stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=repo, env=_env(repo, extra_env), stdout=out, stderr=subprocess.STDOUT)
         while proc.poll() is None:
             rss, pss = _tree_memory(proc.pid)
             peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
