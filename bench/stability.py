@@ -9,8 +9,10 @@ is a claimed order; each rerun must keep every claimed order (the point values i
 Pairs whose intervals overlap are ties: the leaderboard does not rank them, so neither does this.
 
 Target: 0 claimed orders broken in each rerun. Three cold runs take about three times
-``pipeline_wall``'s cold figure: run it on purpose (``python -m bench --only stability``).
-``--quick`` checks the comparison and the copies' set-up without running the pipeline.
+``pipeline_wall``'s cold figure: run it on purpose (``python -m bench --only stability``), or
+``python -m bench.stability --reference DIR`` to take the first run's headline from a finished
+``make run`` of the same commit in DIR (two cold runs). ``--quick`` checks the comparison and the
+copies' set-up without running the pipeline.
 """
 from __future__ import annotations
 
@@ -96,12 +98,16 @@ def _quick_check() -> list[common.Result]:
                                       identical=True, note="quick: no pipeline run"))]
 
 
-def run(quick: bool = False) -> list[common.Result]:
+def run(quick: bool = False, reference: Path | None = None) -> list[common.Result]:
     if quick:
         return _quick_check()
     variants = ["avx2", "seed+1"] if _has_avx512() else ["seed+1"]
     with common.scratch_dir("stability") as tmp:
-        first = _study(tmp, "as-configured")
+        if reference is not None:
+            first = json.loads((reference / "metrics/headline.json").read_text())
+            common.note(f"as-configured: the finished run in {reference}")
+        else:
+            first = _study(tmp, "as-configured")
         orders = claimed_orders(first)
         common.note(f"claimed orders (intervals apart): {', '.join(f'{a}>{b}' for a, b in orders) or 'none'}")
         results = []
@@ -115,5 +121,16 @@ def run(quick: bool = False) -> list[common.Result]:
     return results
 
 
+def main() -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="check the machinery only (seconds)")
+    parser.add_argument("--reference", type=Path, help="a finished `make run` of this commit: its headline is run 1")
+    args = parser.parse_args()
+    results = run(args.quick, args.reference)
+    print("\n" + common.summary_table(results))
+
+
 if __name__ == "__main__":
-    common.module_main(__doc__, run)
+    main()

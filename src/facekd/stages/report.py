@@ -57,11 +57,12 @@ def _with_intervals(board: pd.DataFrame, study: Any) -> pd.DataFrame:
     return board.join(pd.DataFrame.from_dict(rows, orient="index"))
 
 
-def leaderboard(metrics: dict[str, dict], gate: str, study: Any = None, int8: dict[str, dict] | None = None
-                ) -> pd.DataFrame:
+def leaderboard(metrics: dict[str, dict], gate: str, study: Any = None, int8: dict[str, dict] | None = None,
+                others: dict[str, Any] | None = None) -> pd.DataFrame:
     """One row per model: size, every headline metric, gate metric and the teacher gap closed;
     with ``study`` (:func:`gate_study`) the gate's intervals and the paired test against ``none``;
-    with ``int8`` (model -> its INT8 copy's metrics) the INT8 columns (:func:`_with_int8`)."""
+    with ``int8`` (model -> its INT8 copy's metrics) the INT8 columns (:func:`_with_int8`);
+    ``others`` (metric -> its study) adds the intervals of other headline metrics."""
     rows = []
     for name, m in metrics.items():
         row = {"model": name, "params (M)": m.get("params_m"), "GMACs": m.get("gmacs")}
@@ -83,6 +84,10 @@ def leaderboard(metrics: dict[str, dict], gate: str, study: Any = None, int8: di
         board.loc["teacher", "gap closed"] = np.nan
     if study is not None:
         board = _with_intervals(board, study)
+    for metric, other in (others or {}).items():
+        col = metric.replace(".", " ", 1)
+        board[f"{col} ci_low"] = [other.models[n].low if n in other.models else np.nan for n in board.index]
+        board[f"{col} ci_high"] = [other.models[n].high if n in other.models else np.nan for n in board.index]
     if int8:
         board = _with_int8(board, gate, int8, study)
     students = board.drop(index="teacher", errors="ignore").sort_values(gate_col, ascending=False)
@@ -123,7 +128,9 @@ def _pct(value: float, signed: bool = False) -> str:
 def _shown(board: pd.DataFrame, gate: str) -> pd.DataFrame:
     """The leaderboard as people read it: percent, each interval beside its value, a mark where
     the paired difference to ``none`` is beyond noise."""
-    shown = board.drop(columns=[c for c in INTERVAL_COLUMNS if c in board.columns])
+    bounded = [c for c in board.columns if f"{c} ci_low" in board.columns]
+    shown = board.drop(columns=[c for c in board.columns
+                                if c in INTERVAL_COLUMNS or c.endswith((" ci_low", " ci_high"))])
     for col in shown.columns:
         # Rates and the gap as percent; sizes as plain numbers; unsupported operating points blank.
         if col in ("params (M)", "GMACs"):
@@ -132,6 +139,9 @@ def _shown(board: pd.DataFrame, gate: str) -> pd.DataFrame:
             shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
         else:
             shown[col] = shown[col].map(_pct)
+    for col in bounded:  # another headline metric with its interval (same resamples as the gate's)
+        shown[col] = [_pct(v) if pd.isna(lo) else f"{_pct(v)} [{_pct(lo)}, {_pct(hi)}]"
+                      for v, lo, hi in zip(board[col], board[f"{col} ci_low"], board[f"{col} ci_high"], strict=True)]
     if "INT8 low" in board.columns:
         shown["INT8 - float"] = [
             _pct(v, True) if pd.isna(lo) else f"{_pct(v, True)} [{_pct(lo, True)}, {_pct(hi, True)}]"
@@ -262,6 +272,12 @@ def _bar_chart(board: pd.DataFrame, gate: str, path: Path) -> None:
     save_png(fig, path)
 
 
+def _other_tar_metrics(gate: str) -> list[str]:
+    """The gate benchmark's other TAR@FAR headline metrics: their intervals come from the same scored pairs."""
+    bench = gate.split(".", 1)[0]
+    return [f"{bench}.{key}" for key in HEADLINE["ijb"] if key.startswith("tar@far=") and f"{bench}.{key}" != gate]
+
+
 def _roc_all(models: tuple[str, ...], gate: str, path: Path) -> None:
     from facekd.evaluation.plots import roc_figure, save_png
 
@@ -284,10 +300,12 @@ def run(params: Params) -> pd.DataFrame:
     gate = params.registry.gate_metric
     int8 = {name: found for name in models if (found := int8_metrics(name)) is not None}
     study = gate_study(models, gate, params.evaluate.bootstrap, contrasts={m: (layout.int8_name(m), m) for m in int8})
+    others = {metric: found for metric in _other_tar_metrics(gate)
+              if (found := gate_study(models, metric, params.evaluate.bootstrap)) is not None}
     # What DVC shows: metrics/headline.json (dvc exp show / metrics diff) and one ROC plot per benchmark.
     headline.write(headline.build(load_metrics(models), gate, study))
     dvcplots.write_benchmark_rocs(models)
-    board = leaderboard(load_metrics(models), gate, study, int8)
+    board = leaderboard(load_metrics(models), gate, study, int8, others)
     write_text(layout.LEADERBOARD_MD, _markdown(board, gate, study))
     write_text(layout.LEADERBOARD_TEXT, _terminal(board, gate, study))
     _bar_chart(board, gate, layout.LEADERBOARD_PNG)
