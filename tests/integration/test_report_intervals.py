@@ -45,7 +45,8 @@ def _write_run(root: Path, n_ids: int = 300, shifts=None) -> None:
         (root / "metrics/eval").mkdir(parents=True, exist_ok=True)
         (root / "metrics/eval" / f"{name}.json").write_text(json.dumps(
             {"model": name, "params_m": 1.0, "gmacs": 0.1,
-             "ijb": {"tar@far=1e-3": tar[1e-3], "tar@far=1e-4": tar[1e-4], "rank1": 0.5}}))
+             "ijb": {"tar@far=1e-3": tar[1e-3], "tar@far=1e-4": tar[1e-4], "rank1": 0.5},
+             "synth_lfw": {"accuracy": 0.9, "accuracy_std": 0.012}}))
     (root / "plots/roc").mkdir(parents=True, exist_ok=True)
     for name in MODELS:
         (root / "plots/roc" / f"{name}.json").write_text(json.dumps([{"benchmark": "ijb", "fpr": 0.0, "tpr": 0.0},
@@ -72,6 +73,7 @@ def test_leaderboard_carries_intervals_and_marks_only_real_gains(tmp_path, monke
     good_row = next(line for line in md.splitlines() if line.startswith("| good"))
     same_row = next(line for line in md.splitlines() if line.startswith("| same"))
     assert good_row.count("[") == 4 and " *" in good_row  # gate, vs none, gap closed, TAR@FAR=1e-4
+    assert "90.00 ± 1.20" in good_row  # LFW-style accuracy with its 10-fold spread
     assert " *" not in same_row
     for name in MODELS:  # the gate benchmark's other TAR column, on the same resamples
         low, high = board.loc[name, "ijb tar@far=1e-4 ci_low"], board.loc[name, "ijb tar@far=1e-4 ci_high"]

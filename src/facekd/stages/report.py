@@ -73,6 +73,8 @@ def leaderboard(metrics: dict[str, dict], gate: str, study: Any = None, int8: di
             for key in HEADLINE[kind]:
                 if key in values:
                     row[f"{bench} {key}"] = values[key]
+            if kind == "bin" and "accuracy_std" in values:  # the protocol's own spread over its 10 folds
+                row[f"{bench} accuracy fold_std"] = values["accuracy_std"]
         row[f"gate: {gate}"] = _lookup(m, gate)
         rows.append(row)
     board = pd.DataFrame(rows).set_index("model")
@@ -130,7 +132,7 @@ def _shown(board: pd.DataFrame, gate: str) -> pd.DataFrame:
     the paired difference to ``none`` is beyond noise."""
     bounded = [c for c in board.columns if f"{c} ci_low" in board.columns]
     shown = board.drop(columns=[c for c in board.columns
-                                if c in INTERVAL_COLUMNS or c.endswith((" ci_low", " ci_high"))])
+                                if c in INTERVAL_COLUMNS or c.endswith((" ci_low", " ci_high", " fold_std"))])
     for col in shown.columns:
         # Rates and the gap as percent; sizes as plain numbers; unsupported operating points blank.
         if col in ("params (M)", "GMACs"):
@@ -139,6 +141,9 @@ def _shown(board: pd.DataFrame, gate: str) -> pd.DataFrame:
             shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
         else:
             shown[col] = shown[col].map(_pct)
+    for col in [c for c in board.columns if f"{c} fold_std" in board.columns]:
+        shown[col] = [_pct(v) if pd.isna(sd) else f"{_pct(v)} ± {_pct(sd)}"
+                      for v, sd in zip(board[col], board[f"{col} fold_std"], strict=True)]
     for col in bounded:  # another headline metric with its interval (same resamples as the gate's)
         shown[col] = [_pct(v) if pd.isna(lo) else f"{_pct(v)} [{_pct(lo)}, {_pct(hi)}]"
                       for v, lo, hi in zip(board[col], board[f"{col} ci_low"], board[f"{col} ci_high"], strict=True)]
@@ -175,7 +180,8 @@ def _explanation(gate: str, study: Any, int8: bool = False) -> list[str]:
             "`vs none (paired)`: the gate metric minus `none`'s on the same resamples; `*` marks a difference whose "
             "interval excludes 0. Rows without `*` are not shown to differ from `none`, whatever their order; "
             "two students whose intervals overlap are not ranked by this table. The intervals cover the "
-            "evaluation sample, not training noise (seeds).")
+            "evaluation sample, not training noise (seeds). `.bin` accuracies (LFW-style): mean ± standard "
+            "deviation over the protocol's 10 folds.")
     if int8:
         text.append(
             "`INT8`: the gate metric of the model's INT8 ONNX copy (`exports/<model>.int8.onnx`, onnxruntime) on the "
