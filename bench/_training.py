@@ -41,7 +41,7 @@ def make_trainer(backbone: Any, objective: Any, dataset: Any, optim: Any, run_di
     """A single-process Trainer (no tracking, nothing written until a checkpoint is asked for)."""
     import torch
 
-    from facekd.tracking import NullTracker
+    from facekd.mlops.tracking import NullTracker
     from facekd.training.distributed import DistInfo
     from facekd.training.loop import Trainer
 

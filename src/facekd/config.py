@@ -351,7 +351,7 @@ class RegistryParams(Section):
     verify_far: float = Field(1e-3, gt=0.0, lt=1.0)
     # Largest drop of the gate metric from the float model to its INT8 copy (float minus INT8, in
     # the gate metric's units: 0.01 = 1 percentage point) that `promote` accepts; None: off, releases
-    # are judged on the float model only. Needs export.int8.enabled (facekd.registry.int8_verdict).
+    # are judged on the float model only. Needs export.int8.enabled (facekd.mlops.evidence.int8_verdict).
     max_int8_drop: float | None = Field(None, ge=0.0, le=1.0)
 
 

@@ -1,10 +1,10 @@
 """Using a model: embed aligned face crops, verify whether two faces are the same person.
 
 The model is the registry version an alias points at (``champion`` by default, loaded by
-:func:`facekd.registry.load_champion`) or a local ``.onnx`` file. Faces are embedded as the
+:func:`facekd.mlops.champion.load_champion`) or a local ``.onnx`` file. Faces are embedded as the
 evaluation embeds them (image + horizontal flip, summed, L2-normalised), so a cosine between two
 faces is the score of two one-image templates, and "same" means cosine > the threshold the
-evaluation recorded at ``registry.verify_far`` (:func:`facekd.registry.operating_point`).
+evaluation recorded at ``registry.verify_far`` (:func:`facekd.mlops.evidence.operating_point`).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import numpy as np
 from facekd import layout
 from facekd.config import Params
 from facekd.errors import DataError, RegistryError
-from facekd.registry import ChampionModel
+from facekd.mlops.champion import ChampionModel
 
 ALIGNED = (112, 112, 3)
 BATCH = 64  # images per onnxruntime call: bounded memory for any number of files
@@ -59,7 +59,7 @@ def load_model(params: Params, source: str) -> LoadedModel:
     """``source`` is a registry alias of ``registry.model_name`` or a path ending in ``.onnx``."""
     if source.endswith(".onnx"):
         return _load_file(params, Path(source))
-    from facekd.registry import load_champion
+    from facekd.mlops.champion import load_champion
 
     model = load_champion(params, alias=source)
     return LoadedModel(model, f"{model.name}@{source} (version {model.version})",
@@ -69,7 +69,7 @@ def load_model(params: Params, source: str) -> LoadedModel:
 def _load_file(params: Params, path: Path) -> LoadedModel:
     """A local ONNX file; its threshold comes from ``metrics/eval/<file stem>.json`` when there is one."""
     from facekd.export.checks import open_session
-    from facekd.registry import operating_point, read_eval_metrics
+    from facekd.mlops.evidence import operating_point, read_eval_metrics
 
     if not path.is_file():
         raise DataError(f"{path}: ONNX model file not found; pass an exported .onnx (exports/<model>.onnx) "

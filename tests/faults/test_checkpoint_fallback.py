@@ -18,9 +18,9 @@ import torch
 
 from facekd.config import OptimParams
 from facekd.data.dataset import open_training_data
+from facekd.mlops.tracking import NullTracker
 from facekd.models.heads import MarginHead
 from facekd.models.registry import create_backbone
-from facekd.tracking import NullTracker
 from facekd.training.checkpoint import LAST, PREVIOUS, load_checkpoint, load_latest, save_checkpoint
 from facekd.training.loop import fit, seed_everything
 from facekd.training.objectives import HeadObjective

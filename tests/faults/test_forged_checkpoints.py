@@ -11,9 +11,9 @@ import torch
 from facekd.config import OptimParams
 from facekd.data.dataset import open_training_data
 from facekd.errors import TrainingError
+from facekd.mlops.tracking import NullTracker
 from facekd.models.heads import MarginHead
 from facekd.models.registry import create_backbone
-from facekd.tracking import NullTracker
 from facekd.training.checkpoint import LAST, load_checkpoint
 from facekd.training.loop import fit, seed_everything
 from tests.integration.test_training_loop import write_tiny_rec

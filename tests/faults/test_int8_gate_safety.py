@@ -4,7 +4,7 @@ rule alone decides (issue 18).
 
 A seeded loop of random float / INT8 metric pairs against one real SQLite MLflow store, as
 test_registry_safety does: each case registers the versions as `facekd register` tags them, runs
-the real `facekd.registry.promote`, and checks the alias and the recorded reason against the rule
+the real `facekd.mlops.model_registry.promote`, and checks the alias and the recorded reason against the rule
 computed independently here.
 """
 from __future__ import annotations
@@ -57,7 +57,7 @@ def _champion(client) -> str | None:
 
 
 def test_int8_gate_over_random_metric_pairs(client) -> None:
-    from facekd.registry import promote
+    from facekd.mlops.model_registry import promote
 
     rng = np.random.default_rng(20261203)
     outcomes = {"promoted": 0, "refused for INT8": 0, "no INT8 copy": 0, "kept by the float rule": 0}
@@ -92,7 +92,7 @@ def test_int8_gate_over_random_metric_pairs(client) -> None:
 
 
 def test_gate_off_judges_the_float_model_only(client) -> None:
-    from facekd.registry import promote
+    from facekd.mlops.model_registry import promote
 
     client.set_registered_model_alias(NAME, "champion", _version(client, "champ-off", 0.4, None))
     cand = _version(client, "cand-off", 0.6, None)  # no INT8 copy at all

@@ -3,7 +3,7 @@ better enough, or better only within noise) gate metric, or failed export checks
 
 A seeded loop of random champion/candidate pairs against one real SQLite MLflow store: each case
 registers the versions as `facekd register` tags them, points the aliases, runs the real
-`facekd.registry.promote`, and checks the alias against the rule computed independently here.
+`facekd.mlops.model_registry.promote`, and checks the alias against the rule computed independently here.
 """
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def _expected(case: dict) -> bool:
 
 
 def test_promotion_rule_over_random_pairs(store) -> None:
-    from facekd.registry import promote
+    from facekd.mlops.model_registry import promote
 
     _, client = store
     rng = np.random.default_rng(20261122)
@@ -130,7 +130,7 @@ def test_promotion_rule_over_random_pairs(store) -> None:
 
 
 def test_a_candidate_better_only_within_noise_is_kept_out(store) -> None:
-    from facekd.registry import promote
+    from facekd.mlops.model_registry import promote
 
     _, client = store
     client.set_registered_model_alias(NAME, "champion", _version(client, "champ-noise", 0.60, "true"))

@@ -16,11 +16,11 @@ from facekd.config import OptimParams, parse_params
 from facekd.data.dataset import open_training_data
 from facekd.data.images import encode_jpeg
 from facekd.data.recordio import write_face_rec
+from facekd.mlops.tracking import NullTracker
 from facekd.models.heads import MarginHead
 from facekd.models.registry import create_backbone
 from facekd.models.store import load_backbone, load_head_weight
 from facekd.stages import train_teacher
-from facekd.tracking import NullTracker
 from facekd.training.checkpoint import load_checkpoint
 from facekd.training.loop import fit
 from facekd.training.objectives import HeadObjective
@@ -40,7 +40,7 @@ from facekd.data.dataset import open_training_data
 from facekd.models.partialfc import PartialFC
 from facekd.models.registry import create_backbone
 from facekd.stages import train_teacher
-from facekd.tracking import NullTracker
+from facekd.mlops.tracking import NullTracker
 from facekd.training.distributed import init_distributed
 from facekd.training.loop import fit, seed_everything
 from facekd.training.objectives import HeadObjective

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from facekd.tracking import Tracker
+from facekd.mlops.tracking import Tracker
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +39,7 @@ def test_the_experiment_is_tagged_as_model_training(uri: str) -> None:
 def test_a_run_left_running_by_a_killed_process_is_closed_on_the_next_start(uri: str) -> None:
     child = textwrap.dedent(f"""
         import os, signal
-        from facekd.tracking import Tracker
+        from facekd.mlops.tracking import Tracker
         tracker = Tracker({uri!r}, "facekd")
         print(tracker.start("crashes", {{}}, None, {{}}), flush=True)
         os.kill(os.getpid(), signal.SIGKILL)  # no finally, no end(): what a segfault or OOM leaves

@@ -47,7 +47,7 @@ def test_validate_prints_a_few_lines(tmp_path: Path) -> None:
 def registered(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A workspace with one exported, evaluated student registered as `candidate`."""
     from facekd.config import load_params
-    from facekd.registry import register_candidate
+    from facekd.mlops.model_registry import register_candidate
 
     root = tmp_path_factory.mktemp("quiet-registry")
     (root / "params.yaml").write_text(yaml.safe_dump({

@@ -85,7 +85,7 @@ def alias_version(name: str, alias: str) -> str | None:
 
 
 def test_select_best_by_gate_metric_then_fewer_params(workspace):
-    from facekd.registry import select_best
+    from facekd.mlops.evidence import select_best
 
     write_json("metrics/eval/adadistill.json", {"params_m": 0.01, "ijb": {"tar@far=1e-4": 0.70}})
     write_json("metrics/eval/teacher.json", {"params_m": 2.0, "ijb": {"tar@far=1e-4": 0.99}})
@@ -99,7 +99,7 @@ def test_select_best_by_gate_metric_then_fewer_params(workspace):
 
 
 def test_register_twice_is_one_version(workspace):
-    from facekd.registry import register_candidate
+    from facekd.mlops.model_registry import register_candidate
     from facekd.stages import register as register_stage
 
     p = params("reg-idem")
@@ -123,7 +123,7 @@ def test_register_twice_is_one_version(workspace):
 
 
 def test_gate_promotes_better_keeps_worse_and_rolls_back(workspace):
-    from facekd.registry import register_candidate
+    from facekd.mlops.model_registry import register_candidate
     from facekd.stages.promote import promote, rollback
 
     p = params("reg-gate")
@@ -158,7 +158,7 @@ def test_gate_promotes_better_keeps_worse_and_rolls_back(workspace):
 
 
 def test_min_improvement_is_a_strict_margin(workspace):
-    from facekd.registry import register_candidate
+    from facekd.mlops.model_registry import register_candidate
     from facekd.stages.promote import promote
 
     p = params("reg-margin", min_improvement=0.3)
@@ -170,7 +170,7 @@ def test_min_improvement_is_a_strict_margin(workspace):
 
 
 def test_failed_export_checks_are_never_promoted(workspace):
-    from facekd.registry import register_candidate
+    from facekd.mlops.model_registry import register_candidate
     from facekd.stages.promote import promote
 
     p = params("reg-bad")
@@ -184,7 +184,7 @@ def test_failed_export_checks_are_never_promoted(workspace):
 
 
 def test_missing_metrics_and_unknown_model_are_clear_errors(workspace):
-    from facekd.registry import promote, register_candidate
+    from facekd.mlops.model_registry import promote, register_candidate
 
     for suffix in (".onnx",):
         shutil.copy(f"exports/none{suffix}", f"exports/ghost{suffix}")
@@ -206,7 +206,7 @@ def test_missing_metrics_and_unknown_model_are_clear_errors(workspace):
 def test_unreachable_mlflow_fails_fast_and_clearly(workspace, monkeypatch):
     import os
 
-    from facekd.registry import promote, register_candidate
+    from facekd.mlops.model_registry import promote, register_candidate
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
@@ -220,7 +220,8 @@ def test_unreachable_mlflow_fails_fast_and_clearly(workspace, monkeypatch):
 
 
 def test_champion_loads_back_with_the_exported_embeddings(workspace):
-    from facekd.registry import load_champion, register_candidate
+    from facekd.mlops.champion import load_champion
+    from facekd.mlops.model_registry import register_candidate
     from facekd.stages.promote import promote
 
     p = params("reg-load")

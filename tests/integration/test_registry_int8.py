@@ -83,7 +83,8 @@ def _client():
 
 def test_int8_copy_is_registered_in_its_float_version_and_loads_back(workspace):
     from facekd.export.onnx import to_input
-    from facekd.registry import load_champion, register_candidate
+    from facekd.mlops.champion import load_champion
+    from facekd.mlops.model_registry import register_candidate
     from facekd.stages.promote import promote
 
     float_tar, int8_tar = _evaluations(workspace, -0.6)
@@ -114,7 +115,7 @@ def test_int8_copy_is_registered_in_its_float_version_and_loads_back(workspace):
 
 
 def test_promote_refuses_an_int8_drop_beyond_the_limit_and_records_why(workspace):
-    from facekd.registry import register_candidate
+    from facekd.mlops.model_registry import register_candidate
     from facekd.stages.promote import promote
 
     float_tar, int8_tar = _evaluations(workspace, -0.6)
@@ -133,7 +134,7 @@ def test_promote_refuses_an_int8_drop_beyond_the_limit_and_records_why(workspace
 
 
 def test_a_new_int8_file_is_a_new_version(workspace):
-    from facekd.registry import register_candidate
+    from facekd.mlops.model_registry import register_candidate
     from facekd.stages import export
 
     _evaluations(workspace, 0.0)

@@ -12,7 +12,7 @@ import pytest
 from mlflow.entities.model_registry import ModelVersion, ModelVersionTag
 
 from facekd.errors import RegistryError
-from facekd.registry import EVAL_TAG, LEGACY_EVAL_TAG, promote, register_candidate, version_metric
+from facekd.mlops.model_registry import EVAL_TAG, LEGACY_EVAL_TAG, promote, register_candidate, version_metric
 from tests.integration.test_registry import client, params, workspace  # noqa: F401 - the module's store
 
 pytestmark = pytest.mark.slow

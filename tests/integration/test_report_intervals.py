@@ -108,7 +108,7 @@ def _set_params_m(root: Path, name: str, value: float) -> None:
 
 
 def test_register_chooses_among_students_within_noise_the_smallest(tmp_path, monkeypatch):
-    from facekd.registry import select_beyond_noise
+    from facekd.mlops.evidence import select_beyond_noise
 
     monkeypatch.chdir(tmp_path)
     # "same" scores exactly like "none": a tie by construction; "good" is clearly better than both

@@ -76,7 +76,7 @@ def registry(repo: Path):
 
 def registry_state(repo: Path) -> tuple[list[int], int | None, int | None]:
     """(every version of the registered model, the version under ``candidate``, under ``champion``)."""
-    from facekd.registry import CANDIDATE, CHAMPION
+    from facekd.mlops.model_registry import CANDIDATE, CHAMPION
 
     client, params = registry(repo)
     name = params.registry.model_name
@@ -87,7 +87,7 @@ def registry_state(repo: Path) -> tuple[list[int], int | None, int | None]:
 
 def gate_promotes(repo: Path, candidate: int, champion: int) -> bool:
     """The promotion gate's verdict for ``candidate`` against ``champion`` (from their tags)."""
-    from facekd.registry import decide
+    from facekd.mlops.model_registry import decide
 
     client, params = registry(repo)
     name, cfg = params.registry.model_name, params.registry

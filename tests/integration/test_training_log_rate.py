@@ -14,7 +14,7 @@ from mlflow.tracking import MlflowClient
 
 from facekd.config import OptimParams
 from facekd.data.dataset import open_training_data
-from facekd.tracking import Tracker
+from facekd.mlops.tracking import Tracker
 from facekd.training.loop import LOG_EVERY_MAX, fit, log_interval
 from tests.integration.test_training_loop import _models, write_tiny_rec
 

@@ -17,9 +17,9 @@ from facekd.data.dataset import open_training_data
 from facekd.data.images import encode_jpeg
 from facekd.data.recordio import write_face_rec
 from facekd.errors import TrainingError
+from facekd.mlops.tracking import NullTracker, Tracker
 from facekd.models.heads import MarginHead
 from facekd.models.registry import create_backbone
-from facekd.tracking import NullTracker, Tracker
 from facekd.training.checkpoint import load_checkpoint
 from facekd.training.loop import fit, seed_everything
 from facekd.training.objectives import HeadObjective
@@ -153,7 +153,7 @@ from facekd.config import OptimParams
 from facekd.data.dataset import open_training_data
 from facekd.models.heads import MarginHead
 from facekd.models.registry import create_backbone
-from facekd.tracking import Tracker
+from facekd.mlops.tracking import Tracker
 from facekd.training.loop import fit
 from facekd.training.objectives import HeadObjective
 

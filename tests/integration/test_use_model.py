@@ -44,7 +44,7 @@ def _faces(root: Path) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     from facekd.config import parse_params
-    from facekd.registry import register_candidate
+    from facekd.mlops.model_registry import register_candidate
     from facekd.stages.promote import promote
 
     root = tmp_path_factory.mktemp("use_model")

@@ -13,10 +13,11 @@ from facekd import layout
 from facekd.errors import DataError, RegistryError
 from facekd.evaluation.int8 import AgreementEmbedder, row_cosines
 from facekd.evaluation.uncertainty import paired_study
-from facekd.registry import decide, int8_verdict
+from facekd.mlops.evidence import int8_verdict
+from facekd.mlops.model_registry import decide
 
 METRIC = "ijb.tar@far=1e-3"
-TAG = "eval.ijb.tar_at_far_1e-3"  # facekd.tracking.metric_name(METRIC)
+TAG = "eval.ijb.tar_at_far_1e-3"  # facekd.mlops.tracking.metric_name(METRIC)
 
 
 def test_the_int8_copy_is_named_beside_its_float_parent():

@@ -1,8 +1,8 @@
 """One MLflow name per number: the evaluate run and the register run log a metric under the same name."""
 from __future__ import annotations
 
-from facekd.registry import _flat_numbers
-from facekd.tracking import metric_name
+from facekd.mlops.model_registry import _flat_numbers
+from facekd.mlops.tracking import metric_name
 
 
 def test_register_and_evaluate_runs_name_a_metric_alike():

@@ -66,8 +66,8 @@ def _train(params: Params, method: str, dist: Any) -> None:
     from facekd.data.training_set import student_data
     from facekd.distill.registry import build_method, method_class
     from facekd.distill.teacher import DistillObjective
+    from facekd.mlops.tracking import NullTracker, Tracker
     from facekd.models.registry import create_backbone
-    from facekd.tracking import NullTracker, Tracker
     from facekd.training.loop import fit, seed_everything
 
     data = student_data(params)
@@ -99,8 +99,7 @@ def _train(params: Params, method: str, dist: Any) -> None:
 def _teacher_setup(params: Params, method: str, data: Any, dist: Any) -> TeacherSide:
     """The teacher of ``method``, fed from its checked cache or run online."""
     from facekd.distill.registry import method_class
-    from facekd.distill.teacher import (CachedTeacher, OnlineTeacher, check_cache_dtype, open_cache,
-                                        teacher_weights_hash)
+    from facekd.distill.teacher import CachedTeacher, OnlineTeacher, check_cache_dtype, open_cache, teacher_weights_hash
     from facekd.models.store import require_model
 
     name = method_class(method).teacher_model

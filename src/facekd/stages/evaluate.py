@@ -147,7 +147,7 @@ def _log_to_mlflow(params: Params, meta: dict, metrics: dict, png: Path, *, name
     """An evaluation run of its own, nested under the model's training run (its id is in meta.json):
     the training run keeps its duration and tags, and the UI shows the evaluation beneath it.
     ``name`` (default: the model) names the run; ``stage`` (default ``evaluate@<model>``) its DVC stage."""
-    from facekd.tracking import Tracker
+    from facekd.mlops.tracking import Tracker
 
     name = name or metrics["model"]
     flat = {f"eval.{bench}.{k}": float(v) for bench, vals in metrics.items() if isinstance(vals, dict)

@@ -15,8 +15,8 @@ log = logging.getLogger(__name__)
 
 
 def promote(params: Params) -> dict[str, Any]:
-    """Gate the current candidate against the champion; see :func:`facekd.registry.promote`."""
-    from facekd.registry import promote as registry_promote
+    """Gate the current candidate against the champion; see :func:`facekd.mlops.model_registry.promote`."""
+    from facekd.mlops.model_registry import promote as registry_promote
 
     result = registry_promote(params)
     result["summary"] = (
@@ -29,8 +29,8 @@ def promote(params: Params) -> dict[str, Any]:
 
 
 def rollback(params: Params) -> dict[str, Any]:
-    """Give ``champion`` back to the version it replaced; see :func:`facekd.registry.rollback`."""
-    from facekd.registry import rollback as registry_rollback
+    """Give ``champion`` back to the version it replaced; see :func:`facekd.mlops.model_registry.rollback`."""
+    from facekd.mlops.model_registry import rollback as registry_rollback
 
     result = registry_rollback(params)
     result["summary"] = (

@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 def run(params: Params, model_name: str | None = None) -> dict[str, Any]:
     """Register ``model_name``, or when None the best exported and evaluated student; returns the record."""
-    from facekd.registry import Selection, register_candidate, select_beyond_noise
+    from facekd.mlops.evidence import Selection, select_beyond_noise
+    from facekd.mlops.model_registry import register_candidate
 
     students = [m for m in params.export.models if m in params.evaluate.models and m != "teacher"]
     if model_name:

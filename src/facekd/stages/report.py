@@ -30,12 +30,11 @@ HEADLINE = {"bin": ("accuracy",), "ijb": ("tar@far=1e-4", "tar@far=1e-3", "rank1
 
 
 def _lookup(metrics: dict, dotted: str) -> float:
-    node = metrics
-    for part in dotted.split(".", 1):
-        if not isinstance(node, dict) or part not in node:
-            return float("nan")
-        node = node[part]
-    return float(node) if node is not None else float("nan")
+    """The number at ``dotted`` (the registry's lookup: keys may hold dots), NaN when absent or null."""
+    from facekd.mlops.evidence import lookup
+
+    value = lookup(metrics, dotted)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")
 
 
 def load_metrics(models: tuple[str, ...]) -> dict[str, dict]:

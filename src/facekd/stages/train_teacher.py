@@ -98,8 +98,8 @@ def run(params: Params) -> None:
 def _train(params: Params, dist: Any) -> None:
     from facekd.data.dataset import open_training_data
     from facekd.data.training_set import read_prepared_meta
+    from facekd.mlops.tracking import NullTracker, Tracker
     from facekd.models.registry import create_backbone
-    from facekd.tracking import NullTracker, Tracker
     from facekd.training.loop import fit, seed_everything
     from facekd.training.objectives import HeadObjective
 
@@ -133,8 +133,8 @@ def _import_onnx(params: Params) -> None:
     from facekd.data.dataset import open_training_data
     from facekd.data.training_set import read_prepared_meta
     from facekd.fsio import write_json
+    from facekd.mlops.tracking import Tracker
     from facekd.models.onnx_teacher import import_onnx_teacher, sanity_sample
-    from facekd.tracking import Tracker
 
     section = params.teacher.onnx
     prepared = Path(params.data.prepared_dir)

@@ -37,11 +37,20 @@ import numpy as np
 
 from facekd.config import OptimParams
 from facekd.errors import TrainingError
-from facekd.tracking import NullTracker
+from facekd.mlops.tracking import NullTracker
 from facekd.training import checkpoint as ckpt
-from facekd.training.distributed import (DistInfo, all_reduce_sum, average_gradients, broadcast_state,
-                                         current_dist, gather_shards, rank_slice, take_shard, unwrap,
-                                         wrap_backbone)
+from facekd.training.distributed import (
+    DistInfo,
+    all_reduce_sum,
+    average_gradients,
+    broadcast_state,
+    current_dist,
+    gather_shards,
+    rank_slice,
+    take_shard,
+    unwrap,
+    wrap_backbone,
+)
 from facekd.training.optim import build_optimizer, build_scheduler
 from facekd.training.runtime import apply_threads, use_channels_last
 

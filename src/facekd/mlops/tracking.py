@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import facekd
+from facekd.mlops.client import resolve_uri
 
 if TYPE_CHECKING:
     from facekd.config import TrackingParams
@@ -118,7 +119,7 @@ class Tracker:
 
     def __init__(self, uri: str, experiment: str, *, stage: str | None = None,
                  system_metrics: bool = False) -> None:
-        self.uri = os.environ.get("MLFLOW_TRACKING_URI") or uri
+        self.uri = resolve_uri(uri)
         self.experiment = experiment
         self.stage = stage
         self.system_metrics = system_metrics
