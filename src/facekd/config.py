@@ -6,8 +6,6 @@ for an unknown key, the keys that are allowed there.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Hashable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -565,24 +563,3 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     if raw is not None and not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
     return parse_params(raw, str(path))
-
-
-def section_hash(section: BaseModel) -> str:
-    """Stable short hash of a config section (guards checkpoints against a changed config)."""
-    blob = json.dumps(section.model_dump(mode="json"), sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
-
-
-def flatten(section: BaseModel, prefix: str = "") -> dict[str, Any]:
-    """``{"optim.lr": 0.1, ...}``: the flat view MLflow params want."""
-    return _flatten_dict(section.model_dump(mode="json"), prefix)
-
-
-def _flatten_dict(d: dict[str, Any], prefix: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict):
-            out.update(_flatten_dict(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
