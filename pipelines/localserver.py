@@ -9,8 +9,9 @@ server that times out is killed half-migrated.
 
 :func:`prepare_database` does the migration once, in the flow's own process, before the server
 starts, under an exclusive file lock beside the database (a second process waits for it, then
-finds the database ready and does nothing). The temporary server's own start-up migration then
-finds nothing to do. A marker file beside the database records the Prefect version that migrated
+finds the database ready and does nothing). It also registers Prefect's block types, which each
+server start would otherwise insert at the same moment. The temporary server's own start-up
+migration and block registration then find nothing to do. A marker file beside the database records the Prefect version that migrated
 it, so a later run skips all of this, and a Prefect upgrade migrates once more.
 """
 from __future__ import annotations
@@ -41,9 +42,18 @@ def _ready(database: Path, marker: Path, version: str) -> bool:
 
 
 async def _migrate() -> None:
+    """Create the tables, then register Prefect's block types and schemas: every server start does
+    that too, and two servers starting together on a fresh database raced on the same inserts
+    ("Failed to register block schema ..." with a traceback, seen beside a loaded CI run); with
+    the rows already there, their start-up registration finds nothing to insert."""
     from prefect.server.database import provide_database_interface
+    from prefect.server.models.block_registration import run_block_auto_registration
 
-    await provide_database_interface().create_db()
+    database = provide_database_interface()
+    await database.create_db()
+    session = await database.session()
+    async with session:
+        await run_block_auto_registration(session=session)
 
 
 def prepare_database() -> Path | None:
