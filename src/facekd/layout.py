@@ -68,6 +68,14 @@ def scores_file(name: str) -> Path:
     return SCORES / f"{name}.npz"
 
 
+def roc_points_file(name: str) -> Path:
+    return ROC_POINTS / f"{name}.json"
+
+
+def roc_image(name: str) -> Path:
+    return ROC_IMAGES / f"{name}.png"
+
+
 def onnx_path(model: str) -> Path:
     return EXPORTS / f"{model}.onnx"
 
@@ -78,6 +86,11 @@ def int8_path(model: str) -> Path:
 
 def export_report(model: str) -> Path:
     return EXPORT_REPORTS / f"{model}.json"
+
+
+def features_stage(teacher: str) -> str:
+    """The DVC stage that writes ``features/<teacher>`` (named in stale-cache errors)."""
+    return "shkd_features@shkd" if teacher == "teacher_shkd" else "teacher_features"
 
 
 def training_stage(name: str) -> str:

@@ -24,7 +24,7 @@ def _layout_paths(models: set[str]) -> set[Path]:
     names = models | set(layout.TEACHERS)
     per_model = [layout.model_dir, layout.checkpoint_dir, layout.train_metrics_file, layout.eval_metrics_file,
                  layout.scores_file, layout.onnx_path, layout.int8_path, layout.export_report,
-                 lambda n: layout.ROC_POINTS / f"{n}.json", lambda n: layout.ROC_IMAGES / f"{n}.png"]
+                 layout.roc_points_file, layout.roc_image]
     paths = {f(n) for f in per_model for n in names | {layout.int8_name(m) for m in models}}
     paths |= {layout.features_dir(t) for t in layout.TEACHERS}
     return paths | {value for value in vars(layout).values() if isinstance(value, Path)}

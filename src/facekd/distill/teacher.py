@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from facekd import layout
 from facekd.distill.base import DistillBatch, DistillMethod
 from facekd.errors import ConfigError, DataError
 from facekd.fsio import atomic_path, file_sha256, read_json_object, write_json
@@ -40,8 +41,6 @@ log = logging.getLogger(__name__)
 EMBEDDINGS_FILE = "embeddings.npy"
 META_FILE = "meta.json"
 CACHE_DTYPES = ("float32", "float16")
-# The DVC stage that rebuilds each teacher's cache (named in stale-cache errors).
-FEATURE_STAGES = {"teacher": "teacher_features", "teacher_shkd": "shkd_features@shkd"}
 LAYOUT = "(N, 2, d): raw embedding of image i, of its horizontal flip"
 # Methods whose loss a float16 cache leaves unchanged to 1e-4 (absolute), measured per method by
 # tests/unit/test_teacher_cache.py at the default params on a real tiny teacher: float16 keeps
@@ -197,7 +196,7 @@ def read_cache_meta(features_dir: str | Path) -> dict[str, Any]:
     """``meta.json`` of a feature cache; a missing or broken one says which stage rebuilds it."""
     features_dir = Path(features_dir)
     meta_path = features_dir / META_FILE
-    stage = FEATURE_STAGES.get(features_dir.name, "teacher_features")
+    stage = layout.features_stage(features_dir.name)
     return read_json_object(meta_path, DataError, redo=f"run `dvc repro {stage}`",
                             missing=f"missing (no complete teacher-feature cache); run `dvc repro {stage}`")
 
@@ -210,7 +209,7 @@ def open_cache(
     :class:`DataError` naming the cache's ``meta.json`` and the stage that rebuilds it."""
     features_dir = Path(features_dir)
     meta = read_cache_meta(features_dir)
-    stage = FEATURE_STAGES.get(features_dir.name, "teacher_features")
+    stage = layout.features_stage(features_dir.name)
     expected = {"num_images": num_images, "data_hash": data_hash, "teacher_weights_sha256": weights_hash,
                 "dim": dim, "dtype": dtype}
     stale = [f"{k}: cache has {meta.get(k)!r}, current is {v!r}" for k, v in expected.items() if meta.get(k) != v]

@@ -126,9 +126,9 @@ def _write_outputs(name: str, metrics: dict, scored: Any) -> Path:
 
     write_json(layout.eval_metrics_file(name), _finite(metrics))
     atomic_write(layout.scores_file(name), lambda f: np.savez(f, **scored.pairs))  # the report's intervals
-    write_json(layout.ROC_POINTS / f"{name}.json",
+    write_json(layout.roc_points_file(name),
                [{"benchmark": b, **p} for b, roc in scored.curves.items() for p in roc_points(*roc)])
-    png = layout.ROC_IMAGES / f"{name}.png"
+    png = layout.roc_image(name)
     save_png(roc_figure(scored.curves, f"{name}: ROC per benchmark"), png)
     return png
 

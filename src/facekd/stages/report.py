@@ -289,7 +289,7 @@ def _roc_all(models: tuple[str, ...], gate: str, path: Path) -> None:
     bench = gate.split(".", 1)[0]
     curves = {}
     for name in models:
-        points = json.loads((layout.ROC_POINTS / f"{name}.json").read_text())
+        points = json.loads(layout.roc_points_file(name).read_text())
         pts = [p for p in points if p["benchmark"] == bench]
         if pts:
             curves[name] = (np.array([p["fpr"] for p in pts]), np.array([p["tpr"] for p in pts]))
