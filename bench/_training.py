@@ -37,7 +37,7 @@ def fit_settings(deterministic: bool) -> Iterator[None]:
 
 
 def make_trainer(backbone: Any, objective: Any, dataset: Any, optim: Any, run_dir: Path,
-                 extra_batch_fn: Callable[[dict], dict] | None = None, device: str = "cpu") -> Any:
+                 extra_batch_fn: Callable[[Any], Any] | None = None, device: str = "cpu") -> Any:
     """A single-process Trainer (no tracking, nothing written until a checkpoint is asked for)."""
     import torch
 

@@ -201,7 +201,7 @@ def face_like_images(n: int, seed: int = 0) -> "Any":
 def write_rec(folder: Path, images: "Any", labels: "Any", quality: int = 95) -> Path:
     """Write images (N, 112, 112, 3) with labels (N,) grouped 0..C-1 as ``folder/train.rec``; returns folder."""
     from facekd.data.images import encode_jpeg
-    from facekd.data.recordio import write_face_rec
+    from facekd.data.face_rec import write_face_rec
 
     folder.mkdir(parents=True, exist_ok=True)
     items = ((int(y), encode_jpeg(img, quality)) for img, y in zip(images, labels, strict=True))

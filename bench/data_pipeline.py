@@ -120,7 +120,7 @@ def _loader_rate(trainer: Any) -> tuple[float, float, float]:
 def _loader_identical(trainer: Any, folder: Path) -> bool:
     """Every image of the epoch equals the JPEG decoded directly (and mirrored where flipped)."""
     from facekd.data.images import decode_image
-    from facekd.data.recordio import FaceRecordFile
+    from facekd.data.face_rec import FaceRecordFile
 
     reader = FaceRecordFile(folder / "train.rec", folder / "train.idx")
     for batch in _epoch_batches(trainer):
@@ -132,7 +132,7 @@ def _loader_identical(trainer: Any, folder: Path) -> bool:
 
 
 def _rate_results(setup: Setup, folder: Path, dataset: Any, tmp: Path) -> list[common.Result]:
-    from facekd.data.recordio import FaceRecordFile
+    from facekd.data.face_rec import FaceRecordFile
 
     reader = FaceRecordFile(folder / "train.rec", folder / "train.idx")
     jpegs = [reader.image_bytes(i) for i in range(len(reader))]

@@ -13,7 +13,7 @@ Cases: ``full`` is the paper setting (MobileFaceNet 512-d student, iResNet-50 51
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,10 +87,12 @@ def _cache_matches_online(cached: Any, online: Any, raw: dict) -> bool:
     import torch
 
     from facekd.data.dataset import normalize_batch
+    from facekd.training.batch import StepBatch
 
-    batch = {"image": normalize_batch(raw["image"], torch.device("cpu")), "index": raw["index"], "flip": raw["flip"]}
-    from_cache = cached(dict(batch))["teacher"]
-    from_model = online(dict(batch))["teacher"]
+    batch = StepBatch(image=normalize_batch(raw["image"], torch.device("cpu")), label=raw["label"],
+                      index=raw["index"], flip=raw["flip"], step=0, epoch=0.0)
+    from_cache = cached(replace(batch)).teacher
+    from_model = online(replace(batch)).teacher
     return bool(torch.allclose(from_cache, from_model, rtol=1e-4, atol=1e-4 * float(from_model.abs().max())))
 
 

@@ -26,3 +26,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def run_in_tmp(tmp_path, monkeypatch: pytest.MonkeyPatch):
+    """A training run's surroundings: the cwd is ``tmp_path`` (MLflow's default artifact root is
+    relative to it), no tracking URI or WORLD_SIZE leaks in from the caller's shell, and torch
+    runs one intra-op thread (restored after)."""
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield tmp_path
+    torch.set_num_threads(threads)

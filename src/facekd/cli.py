@@ -86,8 +86,9 @@ def train_teacher(ctx: click.Context) -> None:
 
 
 @cli.command("teacher-features")
-@click.option("--teacher", default="teacher", show_default=True, type=click.Choice(["teacher", "teacher_shkd"]),
-              help="Which teacher's embeddings to cache.")
+@click.option("--teacher", default="teacher", show_default=True,
+              help="Which teacher's embeddings to cache: `teacher`, or `teacher_<method>` for a method of "
+                   "distill.head_sharing (its student-aware teacher).")
 @click.pass_context
 def teacher_features(ctx: click.Context, teacher: str) -> None:
     """Cache the frozen teacher's embeddings of every training image and its flip -> features/<teacher>."""
@@ -101,11 +102,11 @@ class DistillCommand(click.Command):
     (importing it imports torch, which would slow every other ``facekd`` command)."""
 
     def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        from facekd.distill.registry import METHODS
+        from facekd.distill.registry import methods
 
         super().format_help_text(ctx, formatter)
         with formatter.section("Methods"):
-            formatter.write_text(", ".join(sorted(METHODS)))
+            formatter.write_text(", ".join(sorted(methods())))
 
 
 @cli.command(cls=DistillCommand)
@@ -114,7 +115,8 @@ class DistillCommand(click.Command):
 def distill(ctx: click.Context, method: str) -> None:
     """Train (or resume) the student with one distillation METHOD -> models/METHOD.
 
-    `shkd` needs its teacher first (`facekd shkd-teacher`, dvc.yaml's shkd stages).
+    A method of distill.head_sharing (`shkd`) needs its own teacher first
+    (`facekd student-aware-teacher METHOD`, dvc.yaml's student_aware stages).
     """
     from facekd.distill.registry import method_class
     from facekd.stages import distill as stage
@@ -123,13 +125,14 @@ def distill(ctx: click.Context, method: str) -> None:
     stage.run(_params(ctx), method)
 
 
-@cli.command("shkd-teacher")
+@cli.command("student-aware-teacher")
+@click.argument("method")
 @click.pass_context
-def shkd_teacher(ctx: click.Context) -> None:
-    """SH-KD step 2: fine-tune the teacher through the `none` student's frozen head -> models/teacher_shkd."""
-    from facekd.stages import shkd_teacher as stage
+def student_aware_teacher(ctx: click.Context, method: str) -> None:
+    """SH-KD step 2: fine-tune the teacher through the `none` student's frozen head -> models/teacher_METHOD."""
+    from facekd.stages import student_aware_teacher as stage
 
-    stage.run(_params(ctx))
+    stage.run(_params(ctx), method)
 
 
 @cli.command()

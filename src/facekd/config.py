@@ -6,22 +6,15 @@ for an unknown key, the keys that are allowed there.
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Hashable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from facekd.errors import ConfigError
-
-DISTILL_METHODS = ("none", "feature", "logit", "arcdistill", "adadistill", "qud", "thkd", "shkd", "gkd")
-# shkd needs its own teacher stage (fine-tuned through the `none` student's head), so it runs as
-# its own stages (`shkd_teacher@shkd`, `shkd_features@shkd`, `distill_shkd@shkd`, switched by
-# `distill.head_sharing`) rather than in the `distill` foreach.
-FOREACH_METHODS = tuple(m for m in DISTILL_METHODS if m != "shkd")
-ALL_MODELS = ("teacher", *FOREACH_METHODS, "shkd")
-
 
 SEED_MAX = 2**32 - 1  # numpy's SeedSequence / legacy seeding range
 MAX_EMBEDDING = 8192
@@ -99,7 +92,7 @@ class DataParams(Section):
     limits: DataLimits = DataLimits()
 
     @model_validator(mode="after")
-    def _path_for_real_sources(self) -> "DataParams":
+    def _path_for_real_sources(self) -> DataParams:
         if self.source != "synthetic" and not self.path:
             raise ValueError(f"data.path is required when data.source is '{self.source}'")
         return self
@@ -190,93 +183,36 @@ class TeacherParams(Section):
     init_from: str | None = None
 
 
-class FeatureKD(Section):
-    weight: float = Field(1.0, gt=0.0)
-    with_ce: bool = False
+class DistillSettings(Section):
+    """Students: what every method shares (one DVC stage per method, identical setting otherwise).
 
+    :data:`DistillParams` adds one ``<name>`` section per registered method, typed by the method's
+    own params model (:mod:`facekd.distill.registry`).
+    """
 
-class LogitKD(Section):
-    weight: float = Field(1.0, ge=0.0)
-    temperature: float = Field(4.0, gt=0.0)
-
-
-class ArcDistillKD(Section):
-    head: Literal["arcface", "cosface"] = "arcface"
-    margin: float = Field(0.45, ge=0.0)
-
-
-class AdaDistillKD(Section):
-    variant: Literal["alpha", "alpha_prime"] = "alpha_prime"
-    head: Literal["arcface", "cosface"] = "arcface"
-    margin: float = Field(0.45, ge=0.0)
-    init: Literal["normal", "teacher_head"] = "normal"
-    init_std: float = Field(0.01, gt=0.0)
-    repeated_labels: Literal["sequential", "average"] = "sequential"
-
-
-class QUDKD(Section):
-    queue_size: int = Field(1024, ge=1, le=1 << 24)
-    tau: float = Field(0.1, gt=0.0)
-    margin: float = Field(0.0, ge=0.0)
-
-
-class THKD(Section):
-    gamma: float = Field(1.0, ge=0.0)
-    beta: float = Field(1.0, ge=0.0)
-    delta: float = Field(0.0, ge=0.0)
-    temperature: float = Field(4.0, gt=0.0)
-
-
-class SHKD(THKD):
-    teacher_epochs: int = Field(2, ge=1, le=100_000)
-    teacher_lr: float = Field(0.01, gt=0.0)
-
-
-class GKD(Section):
-    k_mode: Literal["adaptive", "fixed"] = "adaptive"
-    fixed_k: int = Field(10000, ge=1, le=1 << 31)
-    k_step: int = Field(100, ge=1, le=1 << 31)
-    mass: float = Field(0.93, gt=0.0, le=1.0)
-    alpha: float = Field(1.0, ge=0.0)
-    beta: float = Field(8.0, ge=0.0)
-    temperature: float = Field(4.0, gt=0.0)
-    warmup_epochs: float = Field(10.0, ge=0.0)
-    margin: float = Field(0.4, ge=0.0)
-
-
-class DistillParams(Section):
-    """Students: one DVC stage per method in ``methods``, identical setting otherwise."""
-
-    methods: tuple[str, ...] = FOREACH_METHODS
+    methods: tuple[str, ...] = Field(default_factory=lambda: _registry().foreach_methods())
     student: BackboneParams = BackboneParams(arch="mfn")
     head: HeadParams = HeadParams(margin=0.45)
     optim: OptimParams = OptimParams()
     teacher_source: Literal["cache", "online"] = "cache"
     cache_dtype: Literal["float32", "float16"] = "float32"
-    # SH-KD's chain of stages (shkd_teacher@shkd -> shkd_features@shkd -> distill_shkd@shkd): it
-    # fine-tunes a copy of the teacher, so [] leaves it out (required with an ONNX teacher).
-    head_sharing: tuple[Literal["shkd"], ...] = ("shkd",)
-    none: Section = Section()
-    feature: FeatureKD = FeatureKD()
-    logit: LogitKD = LogitKD()
-    arcdistill: ArcDistillKD = ArcDistillKD()
-    adadistill: AdaDistillKD = AdaDistillKD()
-    qud: QUDKD = QUDKD()
-    thkd: THKD = THKD()
-    shkd: SHKD = SHKD()
-    gkd: GKD = GKD()
+    # Methods that fine-tune a copy of the teacher first (SH-KD; stages student_aware_teacher@<m>
+    # -> student_aware_features@<m> -> distill_student_aware@<m>); [] leaves them out (required
+    # with an ONNX teacher).
+    head_sharing: tuple[str, ...] = Field(default_factory=lambda: _registry().student_aware_methods())
 
     @model_validator(mode="after")
-    def _known_methods(self) -> "DistillParams":
-        unknown = [m for m in self.methods if m not in FOREACH_METHODS]
-        if unknown:
-            hint = " (shkd runs as its own stages, switched by distill.head_sharing)" if "shkd" in unknown else ""
-            raise ValueError(f"unknown method(s) {unknown} in distill.methods; valid: {list(FOREACH_METHODS)}{hint}")
-        if "qud" in self.methods and self.qud.queue_size % self.optim.batch_size:
-            raise ValueError(
-                f"distill.qud.queue_size={self.qud.queue_size} must be a multiple of the global batch "
-                f"distill.optim.batch_size={self.optim.batch_size}"
-            )
+    def _known_methods(self) -> DistillSettings:
+        registry = _registry()
+        for key, names, valid in (("methods", self.methods, registry.foreach_methods()),
+                                  ("head_sharing", self.head_sharing, registry.student_aware_methods())):
+            unknown = [m for m in names if m not in valid]
+            if unknown:
+                other = "head_sharing" if key == "methods" else "methods"
+                hint = f" ({', '.join(unknown)} belong(s) in distill.{other})" if set(unknown) <= set(registry.methods()) else ""
+                raise ValueError(f"unknown method(s) {unknown} in distill.{key}; valid: {list(valid)}{hint}")
+        for name in (*self.methods, *self.head_sharing):
+            registry.method_class(name).check_setting(getattr(self, name), self.optim.batch_size)
         return self
 
 
@@ -291,7 +227,7 @@ class BootstrapParams(Section):
 class EvaluateParams(Section):
     """Benchmarks and protocol switches."""
 
-    models: tuple[str, ...] = ALL_MODELS
+    models: tuple[str, ...] = Field(default_factory=lambda: trained_models())
     batch_size: int = Field(128, ge=1, le=1 << 20)
     far_targets: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
     fpir_targets: tuple[float, ...] = (1e-3, 1e-2, 1e-1)
@@ -325,7 +261,7 @@ class Int8Params(Section):
 
 
 class ExportParams(Section):
-    models: tuple[str, ...] = ALL_MODELS
+    models: tuple[str, ...] = Field(default_factory=lambda: trained_models())
     # "auto": torch's dynamo exporter (the supported one), legacy TorchScript if it raises;
     # "legacy" is ~4x faster to export, which matters for the embedded CPU default.
     exporter: Literal["auto", "dynamo", "legacy"] = "auto"
@@ -364,21 +300,21 @@ class ScheduleParams(Section):
     retry_delay_seconds: int = Field(10, ge=0, le=86_400)
 
 
-class Params(Section):
-    """The whole ``params.yaml``."""
+class ParamsBase(Section):
+    """The whole ``params.yaml`` but the method sections; :data:`Params` adds them."""
 
     seed: int = Field(0, ge=0, le=SEED_MAX)
-    data: DataParams = DataParams()
-    teacher: TeacherParams = TeacherParams()
-    distill: DistillParams = DistillParams()
-    evaluate: EvaluateParams = EvaluateParams()
-    export: ExportParams = ExportParams()
-    registry: RegistryParams = RegistryParams()
-    tracking: TrackingParams = TrackingParams()
-    schedule: ScheduleParams = ScheduleParams()
+    data: DataParams = Field(default_factory=DataParams)
+    teacher: TeacherParams = Field(default_factory=TeacherParams)
+    distill: DistillSettings = Field(default_factory=DistillSettings)
+    evaluate: EvaluateParams = Field(default_factory=EvaluateParams)
+    export: ExportParams = Field(default_factory=ExportParams)
+    registry: RegistryParams = Field(default_factory=RegistryParams)
+    tracking: TrackingParams = Field(default_factory=TrackingParams)
+    schedule: ScheduleParams = Field(default_factory=ScheduleParams)
 
     @model_validator(mode="after")
-    def _known_models(self) -> "Params":
+    def _known_models(self) -> ParamsBase:
         known = ("teacher", *self.distill.methods, *self.distill.head_sharing)
         for key, models in (("evaluate.models", self.evaluate.models), ("export.models", self.export.models)):
             unknown = [m for m in models if m not in known]
@@ -387,7 +323,7 @@ class Params(Section):
         return self
 
     @model_validator(mode="after")
-    def _onnx_teacher(self) -> "Params":
+    def _onnx_teacher(self) -> ParamsBase:
         if self.teacher.source != "onnx":
             return self
         if self.distill.head_sharing:
@@ -398,6 +334,53 @@ class Params(Section):
             raise ValueError("teacher.source is 'onnx': the teacher already is an ONNX file; drop 'teacher' "
                              "from export.models")
         return self
+
+
+def _registry() -> Any:
+    """:mod:`facekd.distill.registry`, imported on first use: it loads torch and the methods, which
+    the orchestration layer (importing this module for :class:`ScheduleParams`) must not."""
+    from facekd.distill import registry
+
+    return registry
+
+
+def trained_models() -> tuple[str, ...]:
+    """Every model the default pipeline trains: the teacher, then each method's student."""
+    registry = _registry()
+    return ("teacher", *registry.foreach_methods(), *registry.student_aware_methods())
+
+
+@functools.cache
+def _models_for(methods: tuple[tuple[str, type], ...]) -> tuple[type[DistillSettings], type[ParamsBase]]:
+    sections: dict[str, Any] = {name: (model, Field(default_factory=model)) for name, model in methods}
+    distill = create_model("DistillParams", __base__=DistillSettings, __module__=__name__, **sections)
+    params = create_model("Params", __base__=ParamsBase, __module__=__name__,
+                          distill=(distill, Field(default_factory=distill)))
+    return distill, params
+
+
+def params_models() -> tuple[type[DistillSettings], type[ParamsBase]]:
+    """``(DistillParams, Params)``: the models with one ``distill.<name>`` section per registered method.
+
+    Built on first use from the method registry (and again if a method is registered later), so a
+    method's params live in its own module.
+    """
+    methods = tuple((name, cls.params_model) for name, cls in _registry().methods().items())
+    return _models_for(methods)
+
+
+def __getattr__(name: str) -> Any:
+    # ``from facekd.config import Params`` / ``DistillParams``: built from the registry on first access.
+    if name == "DistillParams":
+        return params_models()[0]
+    if name == "Params":
+        return params_models()[1]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if TYPE_CHECKING:  # what the two built models are to a type checker
+    DistillParams = DistillSettings
+    Params = ParamsBase
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
@@ -428,7 +411,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
         loc = tuple(p for p in e["loc"] if not str(p).startswith("function-after"))
         key = ".".join(str(p) for p in loc) or "<top level>"
         if e["type"] == "extra_forbidden":
-            allowed = _allowed_keys(Params, loc)
+            allowed = _allowed_keys(params_models()[1], loc)
             lines.append(f"  - unknown key {key!r}; allowed keys here: {', '.join(allowed)}")
         else:
             lines.append(f"  - {key}: {e['msg']}{_shown(e.get('input'))}")
@@ -437,7 +420,7 @@ def format_validation_error(err: ValidationError, source: str) -> str:
 
 def parse_params(raw: dict[str, Any] | None, source: str = "params") -> Params:
     try:
-        return Params.model_validate(raw or {})
+        return params_models()[1].model_validate(raw or {})
     except ValidationError as err:
         raise ConfigError(format_validation_error(err, source)) from None
 
@@ -544,7 +527,7 @@ def _read_yaml(path: Path) -> Any:
         line = data[: err.start].count(b"\n") + 1
         raise ConfigError(f"{path}: line {line}: byte 0x{data[err.start]:02x} is not UTF-8; save the file as UTF-8") from None
     try:
-        return yaml.load(text, Loader=_ParamsLoader)  # noqa: S506 -- a SafeLoader subclass
+        return yaml.load(text, Loader=_ParamsLoader)
     except _YamlRefused as err:
         raise ConfigError(f"{path}: {err}") from None
     except yaml.MarkedYAMLError as err:

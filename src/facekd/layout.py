@@ -6,6 +6,7 @@ agree. The inputs (``data.prepared_dir``, ``data.eval_dir``, ...) are params, no
 """
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 
 INT8_SUFFIX = ".int8"  # the INT8 copy of model m is evaluated and exported as "m.int8"
@@ -34,12 +35,23 @@ ROC_ALL_PNG = REPORTS / "roc_all.png"  # every model's ROC on the gate benchmark
 REGISTRY_REPORT = REPORTS / "registry.json"
 MODEL_CARD = REPORTS / "model_card.md"  # the candidate's card, beside the leaderboard
 
-TEACHERS = ("teacher", "teacher_shkd")  # models trained (or imported) as teachers, with a feature cache
+TEACHER = "teacher"  # the pipeline's teacher, trained or imported (models/teacher)
+STUDENT_AWARE_PREFIX = "teacher_"  # models/teacher_<method>: a method's own fine-tuned teacher (SH-KD)
 
 
 def int8_name(model: str) -> str:
     """The evaluated name of ``model``'s INT8 copy: ``none`` -> ``none.int8``."""
     return f"{model}{INT8_SUFFIX}"
+
+
+def student_aware_teacher(method: str) -> str:
+    """The model name of ``method``'s own fine-tuned copy of the teacher: ``shkd`` -> ``teacher_shkd``."""
+    return f"{STUDENT_AWARE_PREFIX}{method}"
+
+
+def is_teacher(name: str) -> bool:
+    """``teacher`` or a method's student-aware teacher: the models with a feature cache."""
+    return name == TEACHER or name.startswith(STUDENT_AWARE_PREFIX)
 
 
 def model_dir(name: str) -> Path:
@@ -53,7 +65,7 @@ def features_dir(teacher: str) -> Path:
 
 def checkpoint_dir(name: str) -> Path:
     """Resumable training state: ``checkpoints/<teacher>`` or ``checkpoints/students/<method>``."""
-    return CHECKPOINTS / name if name in TEACHERS else CHECKPOINTS / "students" / name
+    return CHECKPOINTS / name if is_teacher(name) else CHECKPOINTS / "students" / name
 
 
 def train_metrics_file(name: str) -> Path:
@@ -90,10 +102,19 @@ def export_report(model: str) -> Path:
 
 def features_stage(teacher: str) -> str:
     """The DVC stage that writes ``features/<teacher>`` (named in stale-cache errors)."""
-    return "shkd_features@shkd" if teacher == "teacher_shkd" else "teacher_features"
+    if teacher == TEACHER:
+        return "teacher_features"
+    return f"student_aware_features@{teacher.removeprefix(STUDENT_AWARE_PREFIX)}"
 
 
-def training_stage(name: str) -> str:
-    """The DVC stage that writes ``models/<name>`` (what to run when it is missing)."""
-    return {"teacher": "train_teacher", "teacher_shkd": "shkd_teacher@shkd",
-            "shkd": "distill_shkd@shkd"}.get(name, f"distill@{name}")
+def training_stage(name: str, student_aware: Collection[str] = ()) -> str:
+    """The DVC stage that writes ``models/<name>`` (what to run when it is missing).
+
+    student_aware: the methods that distil from their own fine-tuned teacher (``distill.head_sharing``),
+    whose students train in ``distill_student_aware@<method>`` rather than ``distill@<method>``.
+    """
+    if name == TEACHER:
+        return "train_teacher"
+    if name.startswith(STUDENT_AWARE_PREFIX):
+        return f"student_aware_teacher@{name.removeprefix(STUDENT_AWARE_PREFIX)}"
+    return f"distill_student_aware@{name}" if name in student_aware else f"distill@{name}"

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
-from facekd.config import ALL_MODELS
+from facekd.config import trained_models
 
 from .conftest import dvc, make_tiny_repo, run, set_params
 
@@ -33,7 +34,7 @@ def test_cold_repro_builds_every_artifact(reproduced):
     assert json.loads((repo / "reports/validation.json").read_text())["success"] is True
     meta = json.loads((repo / "data/prepared/meta.json").read_text())
     assert (meta["num_classes"], meta["num_images"]) == (8, 32)
-    for model in ALL_MODELS:
+    for model in trained_models():
         assert (repo / "models" / model / "backbone.pt").is_file(), model
         metrics = json.loads((repo / "metrics/eval" / f"{model}.json").read_text())
         assert 0.0 <= metrics["synth_lfw"]["accuracy"] <= 1.0
@@ -44,15 +45,15 @@ def test_cold_repro_builds_every_artifact(reproduced):
         assert 0.5 < int8["cosine_to_float"]["min"] <= int8["cosine_to_float"]["median"] <= 1.0 + 1e-6
         assert (repo / "metrics/scores" / f"{model}.int8.npz").is_file()
     board = (repo / "reports/leaderboard.md").read_text()
-    assert all(f"| {m}" in board for m in ALL_MODELS) and "INT8 - float" in board and "INT8 cos min" in board
+    assert all(f"| {m}" in board for m in trained_models()) and "INT8 - float" in board and "INT8 cos min" in board
     registry = json.loads((repo / "reports/registry.json").read_text())
-    assert registry["model"] in ALL_MODELS and registry["model"] != "teacher"
+    assert registry["model"] in trained_models() and registry["model"] != "teacher"
     assert registry["int8"]["max_drop"] == 0.1 and registry["int8"]["passes_gate"] in (True, False)
     shown = json.loads(dvc("metrics", "show", "--json", cwd=repo).stdout)  # the headline only (issue 19.4)
     files = {path for rev in shown.values() for path in rev["data"]}
     assert files == {"metrics/headline.json"}, files
     (workspace,) = shown.values()
-    assert set(workspace["data"]["metrics/headline.json"]["data"]) == {"gate_metric", *ALL_MODELS}
+    assert set(workspace["data"]["metrics/headline.json"]["data"]) == {"gate_metric", *trained_models()}
     with sqlite3.connect(repo / "mlflow.db") as db:
         names = {r[0] for r in db.execute("select name from runs")}
     assert {"distill-qud", "distill-adadistill", "evaluate-qud.int8"} <= names
@@ -96,6 +97,64 @@ def test_an_experiment_reads_on_one_screen_and_compares(reproduced, monkeypatch)
     assert "distill.qud.tau" in screen[1] and all(h in screen[1] for h in changed), "\n".join(screen[:3])
     table = run(["facekd", "compare", "HEAD", "tau007"], repo).stdout.splitlines()
     assert table[0].startswith("gate metric synth_lfw.accuracy") and any(r.split()[0] == "qud" for r in table[3:])
+    run(["git", "reset", "-q", "--hard", "HEAD"], repo)  # back to the committed run for the tests after this
+    dvc("checkout", "-f", "-q", cwd=repo)
+
+
+# A method written by a user in a package of their own: one module, named by a ``facekd.methods``
+# entry point of its distribution (here a bare dist-info on PYTHONPATH, as `pip install` leaves it).
+# params.yaml is the only file of the project it touches.
+NEW_METHOD = '''"""``throwaway``: cosine distance to the teacher embedding, with a weight (a test method)."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from pydantic import Field
+
+from facekd.config import Section
+from facekd.distill.base import DistillBatch, DistillMethod
+from facekd.distill.registry import register
+
+
+class ThrowawayParams(Section):
+    weight: float = Field(1.0, gt=0.0)
+
+
+@register("throwaway", params=ThrowawayParams)
+class Throwaway(DistillMethod):
+    needs_labels = False
+    shares_teacher_space = True
+
+    def compute(self, batch: DistillBatch) -> dict:
+        s = self.in_teacher_space(batch.student)  # (B, d_t)
+        t = F.normalize(batch.teacher.float(), dim=1)  # (B, d_t)
+        distance = (1.0 - (s * t).sum(dim=1)).mean()
+        return {"loss": self.params.weight * distance, "distance": distance.detach()}
+'''
+
+
+def test_a_new_method_is_one_module_plus_its_params_section(reproduced, monkeypatch, tmp_path):
+    repo = reproduced
+    plugins = tmp_path / "plugins"
+    (plugins / "throwaway_kd-0.1.dist-info").mkdir(parents=True)
+    (plugins / "throwaway_kd-0.1.dist-info/METADATA").write_text("Metadata-Version: 2.1\nName: throwaway-kd\nVersion: 0.1\n")
+    (plugins / "throwaway_kd-0.1.dist-info/entry_points.txt").write_text("[facekd.methods]\nthrowaway = throwaway_kd\n")
+    (plugins / "throwaway_kd.py").write_text(NEW_METHOD)
+    monkeypatch.setenv("PYTHONPATH", str(plugins))
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["distill"]["methods"].append("throwaway")
+    params["distill"]["throwaway"] = {"wieght": 0.5}  # a typo is refused before anything computes
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    wrong = dvc("repro", "distill@throwaway", cwd=repo, check=False)
+    assert wrong.returncode != 0 and "distill.throwaway.wieght" in wrong.stderr + wrong.stdout
+    params["distill"]["throwaway"] = {"weight": 0.5}
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    dvc("repro", "distill@throwaway", cwd=repo)
+    meta = json.loads((repo / "models/throwaway/meta.json").read_text())
+    assert (meta["method"], meta["teacher"], meta["distill_params"]) == ("throwaway", "teacher", {"weight": 0.5})
+    trained = json.loads((repo / "metrics/train/throwaway.json").read_text())
+    assert np.isfinite(trained["loss.distance"])
+    assert run(["git", "status", "--porcelain", "--", "dvc.yaml", "src", "pipelines"], repo).stdout == ""
     run(["git", "reset", "-q", "--hard", "HEAD"], repo)  # back to the committed run for the tests after this
     dvc("checkout", "-f", "-q", cwd=repo)
 

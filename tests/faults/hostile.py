@@ -78,7 +78,7 @@ def _read(kind: str, path: Path) -> None:
     from facekd.data.bins import decode_bin, load_bin
     from facekd.data.folder import scan_identity_folders
     from facekd.data.images import read_image_file
-    from facekd.data.recordio import FaceRecordFile
+    from facekd.data.face_rec import FaceRecordFile
     from facekd.data.validation import eval_manifest
 
     if kind == "rec":

@@ -22,7 +22,8 @@ from facekd.mlops.tracking import NullTracker
 from facekd.models.heads import MarginHead
 from facekd.models.registry import create_backbone
 from facekd.training.checkpoint import LAST, PREVIOUS, load_checkpoint, load_latest, save_checkpoint
-from facekd.training.loop import fit, seed_everything
+from facekd.training.loop import fit
+from facekd.training.sampling import seed_everything
 from facekd.training.objectives import HeadObjective
 from tests.integration.test_training_loop import write_tiny_rec
 

@@ -20,7 +20,8 @@ import pytest
 
 from facekd.data.bins import write_bin
 from facekd.data.images import encode_jpeg
-from facekd.data.recordio import IRHeader, RecordIOWriter, pack_record, write_face_rec
+from facekd.data.face_rec import write_face_rec
+from facekd.data.recordio import IRHeader, RecordIOWriter, pack_record
 
 from tests.faults.conftest import assert_clean_failure, facekd, write_params
 

@@ -15,7 +15,8 @@ from facekd.mlops.tracking import NullTracker
 from facekd.models.heads import MarginHead
 from facekd.models.registry import create_backbone
 from facekd.training.checkpoint import LAST, load_checkpoint
-from facekd.training.loop import fit, seed_everything
+from facekd.training.loop import fit
+from facekd.training.sampling import seed_everything
 from tests.integration.test_training_loop import write_tiny_rec
 
 pytestmark = pytest.mark.slow

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from facekd.config import OptimParams, parse_params
 from facekd.data.dataset import open_training_data
 from facekd.data.images import encode_jpeg
-from facekd.data.recordio import write_face_rec
+from facekd.data.face_rec import write_face_rec
 from facekd.mlops.tracking import NullTracker
 from facekd.models.heads import MarginHead
 from facekd.models.registry import create_backbone
@@ -42,7 +42,8 @@ from facekd.models.registry import create_backbone
 from facekd.stages import train_teacher
 from facekd.mlops.tracking import NullTracker
 from facekd.training.distributed import init_distributed
-from facekd.training.loop import fit, seed_everything
+from facekd.training.loop import fit
+from facekd.training.sampling import seed_everything
 from facekd.training.objectives import HeadObjective
 
 dist = init_distributed()

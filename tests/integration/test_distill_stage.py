@@ -1,4 +1,4 @@
-"""Stages teacher_features, distill and shkd_teacher on tiny real files.
+"""Stages teacher_features, distill and student_aware_teacher on tiny real files.
 
 One module-wide project holds a real .rec training set, a tiny teacher saved as a model folder,
 its feature cache and an MLflow SQLite store; each test works in its own folder that links them.
@@ -16,17 +16,17 @@ from mlflow.tracking import MlflowClient
 
 from facekd.config import parse_params
 from facekd.data.images import encode_jpeg
-from facekd.data.recordio import write_face_rec
-from facekd.distill.registry import METHODS
-from facekd.fsio import file_sha256
+from facekd.data.face_rec import write_face_rec
+from facekd.distill.registry import foreach_methods
 from facekd.errors import ConfigError, DataError
+from facekd.fsio import file_sha256
 from facekd.models.registry import create_backbone
 from facekd.models.store import load_backbone, load_head_weight, save_model_dir
-from facekd.stages import distill, shkd_teacher, teacher_features
+from facekd.stages import distill, student_aware_teacher, teacher_features
 from facekd.training.checkpoint import load_checkpoint
 
 IDS, PER_ID, D = 6, 4, 16
-STUDENTS = sorted(set(METHODS) - {"shkd"})
+STUDENTS = sorted(foreach_methods())
 WITH_OWN_HEAD = {"none", "logit", "thkd", "gkd"}
 
 
@@ -83,15 +83,7 @@ def _params(project: Path, **extra: Any):
     return parse_params(_merge(base, extra))
 
 
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("run_in_tmp")
 
 
 def _link(project: Path, tmp_path: Path, *names: str) -> None:
@@ -223,7 +215,7 @@ def test_shkd_teacher_needs_equal_embedding_sizes(project: Path, tmp_path: Path)
     params = _params(project, teacher={"backbone": {"embedding_size": 32}})
     sizes = r"distill.student.embedding_size \(16\).*teacher.backbone.embedding_size \(32\)"
     with pytest.raises(ConfigError, match=sizes):
-        shkd_teacher.run(params)
+        student_aware_teacher.run(params, "shkd")
 
 
 @pytest.mark.slow
@@ -231,9 +223,9 @@ def test_shkd_chain(project: Path, tmp_path: Path) -> None:
     _link(project, tmp_path, "data/prepared", "models/teacher", "features/teacher")
     params = _params(project)
     with pytest.raises(DataError, match=r"models/none/meta.json: missing.*dvc repro distill@none"):
-        shkd_teacher.run(params)
+        student_aware_teacher.run(params, "shkd")
     distill.run(params, "none")
-    shkd_teacher.run(params)
+    student_aware_teacher.run(params, "shkd")
 
     none_head = load_head_weight("models/none")
     assert torch.equal(load_head_weight("models/teacher_shkd"), none_head)
@@ -245,7 +237,7 @@ def test_shkd_chain(project: Path, tmp_path: Path) -> None:
     assert meta["base_teacher_weights_sha256"] == file_sha256("models/teacher/backbone.pt")
     assert _read("metrics/train/teacher_shkd.json")["steps"] == 3
 
-    with pytest.raises(DataError, match=r"features/teacher_shkd/meta.json: missing.*dvc repro shkd_features"):
+    with pytest.raises(DataError, match=r"features/teacher_shkd/meta.json: missing.*dvc repro student_aware_features"):
         distill.run(params, "shkd")
     teacher_features.run(params, "teacher_shkd")
     distill.run(params, "shkd")

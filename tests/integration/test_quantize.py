@@ -124,7 +124,7 @@ def _workspace(root: Path) -> None:
     """models/feature, data/prepared/train.rec (8 identities x 6) and data/eval/synth_lfw.bin."""
     from facekd.data.bins import write_bin
     from facekd.data.images import encode_jpeg
-    from facekd.data.recordio import write_face_rec
+    from facekd.data.face_rec import write_face_rec
     from facekd.models.store import save_model_dir
 
     save_model_dir(root / "models/feature", tiny_model("mfn"), {"method": "feature", "arch": "mfn"})

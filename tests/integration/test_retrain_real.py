@@ -56,7 +56,7 @@ def without_shkd(repo: Path) -> None:
 
 def write_identity(faces: Path, label: int, train_dir: Path) -> None:
     """Identity ``label`` of the generated train.rec as ``train_dir/id<label>/<image>.jpg``."""
-    from facekd.data.recordio import FaceRecordFile
+    from facekd.data.face_rec import FaceRecordFile
 
     rec = FaceRecordFile(faces / "train" / "train.rec")
     folder = train_dir / f"id{label:03d}"

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from facekd.config import parse_params
 from facekd.data.images import encode_jpeg
-from facekd.data.recordio import write_face_rec
+from facekd.data.face_rec import write_face_rec
 from facekd.models.store import load_backbone, load_head_weight
 from facekd.stages import train_teacher
 from facekd.training.checkpoint import load_checkpoint
@@ -37,15 +37,7 @@ def _params(tmp_path: Path, **teacher: object):
     })
 
 
-@pytest.fixture(autouse=True)
-def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("run_in_tmp")
 
 
 @pytest.mark.slow

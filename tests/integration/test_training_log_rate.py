@@ -9,13 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 
 from facekd.config import OptimParams
 from facekd.data.dataset import open_training_data
 from facekd.mlops.tracking import Tracker
-from facekd.training.loop import LOG_EVERY_MAX, fit, log_interval
+from facekd.training.loop import fit
+from facekd.training.progress import LOG_EVERY_MAX, log_interval
 from tests.integration.test_training_loop import _models, write_tiny_rec
 
 pytestmark = pytest.mark.slow
@@ -28,10 +28,8 @@ def test_log_interval_gives_a_curve_for_short_and_long_runs() -> None:
     assert all(total // log_interval(total) >= min(total, 100) for total in (1, 7, 50, 74, 150, 999, 12345))
 
 
-def test_a_74_step_run_logs_every_step_to_mlflow(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the cwd
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    torch.set_num_threads(1)
+@pytest.mark.usefixtures("run_in_tmp")
+def test_a_74_step_run_logs_every_step_to_mlflow(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     data = write_tiny_rec(tmp_path / "data", identities=4, per_identity=2)  # 8 images: one step per epoch
     optim = OptimParams(epochs=74, batch_size=8, lr=0.01, milestones=(0.9,), checkpoint_every=10_000, workers=0)

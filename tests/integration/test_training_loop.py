@@ -15,13 +15,15 @@ from mlflow.tracking import MlflowClient
 from facekd.config import OptimParams
 from facekd.data.dataset import open_training_data
 from facekd.data.images import encode_jpeg
-from facekd.data.recordio import write_face_rec
+from facekd.data.face_rec import write_face_rec
 from facekd.errors import TrainingError
 from facekd.mlops.tracking import NullTracker, Tracker
 from facekd.models.heads import MarginHead
 from facekd.models.registry import create_backbone
+from facekd.training.batch import StepBatch
 from facekd.training.checkpoint import load_checkpoint
-from facekd.training.loop import fit, seed_everything
+from facekd.training.loop import fit
+from facekd.training.sampling import seed_everything
 from facekd.training.objectives import HeadObjective
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -53,14 +55,7 @@ def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     return uri
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the cwd
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("run_in_tmp")
 
 
 def _models(num_classes: int = 4) -> tuple[torch.nn.Module, HeadObjective]:
@@ -124,9 +119,9 @@ class _NanAtStep(HeadObjective):
         super().__init__(head)
         self.bad_step = bad_step
 
-    def forward(self, emb: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+    def forward(self, emb: torch.Tensor, batch: StepBatch) -> dict[str, torch.Tensor]:
         ce = super().forward(emb, batch)["loss"]
-        extra = emb.sum() * (float("nan") if batch["step"] + 1 == self.bad_step else 0.0)
+        extra = emb.sum() * (float("nan") if batch.step + 1 == self.bad_step else 0.0)
         return {"loss": ce + extra, "ce": ce, "extra": extra}
 
 
@@ -158,7 +153,7 @@ from facekd.training.loop import fit
 from facekd.training.objectives import HeadObjective
 
 def progress(batch):
-    Path({marker!r}).write_text(str(batch["step"]))
+    Path({marker!r}).write_text(str(batch.step))
     return batch
 
 fit(run_name="sigterm", backbone=create_backbone("iresnet_tiny", embedding_size=16, width=0.125),

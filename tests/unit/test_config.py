@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from facekd.config import ALL_MODELS, FOREACH_METHODS, Params, load_params, parse_params
+from facekd.config import Params, load_params, parse_params, trained_models
+from facekd.distill.registry import foreach_methods
 from facekd.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +32,7 @@ def _dotted(value: Any, key: str) -> dict[str, Any]:
 def test_committed_params_are_valid():
     params = load_params(ROOT / "params.yaml")
     assert params.data.source == "synthetic"
-    assert set(params.distill.methods) <= set(FOREACH_METHODS)
+    assert set(params.distill.methods) <= set(foreach_methods())
 
 
 @pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
@@ -94,7 +95,7 @@ def test_flatten_gives_dotted_keys():
     flat = flatten(Params().distill, "distill.")
     assert flat["distill.qud.tau"] == 0.1
     assert "distill.optim.lr" in flat
-    assert ALL_MODELS[0] == "teacher"
+    assert trained_models()[0] == "teacher"
 
 
 @pytest.mark.parametrize("preset", sorted((ROOT / "configs").glob("ms1m*.yaml")), ids=lambda p: p.name)

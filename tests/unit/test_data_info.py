@@ -12,7 +12,7 @@ from facekd.data.bins import write_bin
 from facekd.data.ijb import ARCFACE_TEMPLATE, write_ijb
 from facekd.data.images import encode_jpeg
 from facekd.data.info import describe
-from facekd.data.recordio import write_face_rec
+from facekd.data.face_rec import write_face_rec
 from facekd.errors import DataError
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from facekd.data.dataset import collate, flip_decisions, normalize_batch, open_training_data
-from facekd.data.recordio import write_face_rec
+from facekd.data.face_rec import write_face_rec
 from facekd.errors import DataError
 
 
@@ -111,7 +111,7 @@ def test_batches_do_not_depend_on_workers_ranks_or_resume(tmp_path: Path) -> Non
     from facekd.config import OptimParams
     from facekd.data.dataset import worker_init_fn
     from facekd.training.distributed import DistInfo
-    from facekd.training.loop import EpochBatches, StepPlan
+    from facekd.training.sampling import EpochBatches, StepPlan
 
     ds = open_training_data(_write_rec(tmp_path / "rec", classes=4, per_class=5), "rec", seed=2)
     optim = OptimParams(batch_size=8, grad_accum=2)

@@ -8,8 +8,8 @@ import pytest
 
 CHECK = """
 import sys, torch
-from facekd.training.loop import _determinism
-with _determinism({enabled}):
+from facekd.training.runtime import deterministic_kernels
+with deterministic_kernels({enabled}):
     inside = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
 after = torch.are_deterministic_algorithms_enabled()
 print(inside, after, "torch._inductor.config" in sys.modules)
@@ -28,8 +28,8 @@ def test_determinism_also_reaches_an_imported_inductor() -> None:
     import torch
     import torch._inductor.config as inductor_config
 
-    from facekd.training.loop import _determinism
+    from facekd.training.runtime import deterministic_kernels
 
-    with _determinism(True):
+    with deterministic_kernels(True):
         assert torch.are_deterministic_algorithms_enabled() and inductor_config.deterministic
     assert not torch.are_deterministic_algorithms_enabled() and not inductor_config.deterministic

@@ -4,12 +4,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from facekd.config import DISTILL_METHODS, DistillParams
+from facekd.config import DistillParams
 from facekd.distill.base import DistillBatch, DistillMethod
-from facekd.distill.registry import METHODS, build_method, method_class
+from facekd.distill.registry import build_method, method_class, methods
 from facekd.errors import ConfigError
 
 C, D = 7, 8
+METHODS = methods()
 ALL = sorted(METHODS)
 
 
@@ -35,7 +36,8 @@ def _batch(seed: int, b: int = 4, student_dim: int = D, teacher_dim: int = D, la
 
 
 def test_registry_covers_every_configured_method() -> None:
-    assert set(METHODS) == set(DISTILL_METHODS)
+    assert set(METHODS) == {"none", "feature", "logit", "arcdistill", "adadistill", "qud", "thkd", "shkd", "gkd"}
+    assert set(DistillParams.model_fields) >= set(METHODS)  # one params section each, derived
     for name, cls in METHODS.items():
         assert cls.name == name
 
@@ -155,3 +157,21 @@ def test_feature_needs_labels_only_with_ce() -> None:
     cls = METHODS["feature"]
     assert not cls.requires_labels(DistillParams().feature)
     assert cls.requires_labels(DistillParams(feature={"with_ce": True}).feature)
+
+
+def test_a_plugin_that_fails_to_import_is_named(tmp_path) -> None:
+    """A ``facekd.methods`` entry point whose module raises: one ConfigError naming the plugin."""
+    import subprocess
+    import sys
+
+    info = tmp_path / "broken_kd-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-kd\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[facekd.methods]\nbroken = broken_kd\n")
+    (tmp_path / "broken_kd.py").write_text("raise ImportError('needs a missing library')\n")
+    code = "from facekd.distill.registry import methods\nmethods()"
+    proc = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"},
+                          capture_output=True, text=True)
+    assert proc.returncode != 0
+    assert ("ConfigError: distill method plugin 'broken = broken_kd' (broken-kd 0.1, entry-point group "
+            "facekd.methods) failed to import: ImportError: needs a missing library") in proc.stderr

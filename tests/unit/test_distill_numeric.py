@@ -8,9 +8,8 @@ import torch
 
 from facekd.config import DistillParams
 from facekd.distill.base import DistillBatch
-from facekd.distill.gkd import adaptive_k, grouped_kl, primary_group
+from facekd.distill.methods.gkd import adaptive_k, grouped_kl, primary_group
 from facekd.distill.registry import build_method
-
 
 # ---- plain-Python reference math ------------------------------------------------------------------
 

@@ -21,12 +21,13 @@ SRC = ROOT / "src" / "facekd"
 
 def _layout_paths(models: set[str]) -> set[Path]:
     """Every path the layout gives, for these models (and each one's INT8 copy) and the teachers."""
-    names = models | set(layout.TEACHERS)
+    teachers = {layout.TEACHER, layout.student_aware_teacher("shkd")}
+    names = models | teachers
     per_model = [layout.model_dir, layout.checkpoint_dir, layout.train_metrics_file, layout.eval_metrics_file,
                  layout.scores_file, layout.onnx_path, layout.int8_path, layout.export_report,
                  layout.roc_points_file, layout.roc_image]
     paths = {f(n) for f in per_model for n in names | {layout.int8_name(m) for m in models}}
-    paths |= {layout.features_dir(t) for t in layout.TEACHERS}
+    paths |= {layout.features_dir(t) for t in teachers}
     return paths | {value for value in vars(layout).values() if isinstance(value, Path)}
 
 

@@ -11,15 +11,8 @@ import numpy as np
 import pytest
 
 from facekd.data.images import encode_jpeg
-from facekd.data.recordio import (
-    FaceRecordFile,
-    IRHeader,
-    RecordIOReader,
-    RecordIOWriter,
-    pack_record,
-    unpack_record,
-    write_face_rec,
-)
+from facekd.data.face_rec import FaceRecordFile, write_face_rec
+from facekd.data.recordio import IRHeader, RecordIOReader, RecordIOWriter, pack_record, unpack_record
 from facekd.errors import DataError
 
 MAGIC_BYTES = struct.pack("<I", 0xCED7230A)

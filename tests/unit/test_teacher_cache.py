@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +16,14 @@ import torch
 from facekd.config import DistillParams
 from facekd.data.dataset import collate, normalize_batch, open_training_data
 from facekd.data.images import encode_jpeg
-from facekd.data.recordio import write_face_rec
+from facekd.data.face_rec import write_face_rec
 from facekd.data.training_set import StudentData
-from facekd.distill.registry import METHODS, build_method
+from facekd.distill.registry import build_method, methods
 from facekd.distill.teacher import (FP16_SAFE_METHODS, CachedTeacher, DistillObjective, OnlineTeacher,
                                     check_cache_dtype, open_cache, write_teacher_features)
-from facekd.errors import ConfigError, DataError
+from facekd.errors import ConfigError, DataError, TrainingError
 from facekd.models.registry import create_backbone
+from facekd.training.batch import StepBatch
 
 IDS, PER_ID, D = 6, 4, 16
 N = IDS * PER_ID
@@ -74,15 +76,19 @@ def _open(path: Path, dtype: str = "float32", **overrides) -> np.ndarray:
     return open_cache(path, **expected)
 
 
-def _batch(rec_dir: Path, epoch: int, indices: list[int]) -> dict:
+def _batch(rec_dir: Path, epoch: int, indices: list[int]) -> StepBatch:
     """A device batch as the training loop builds it (flips hashed from (seed, epoch, index))."""
     dataset = _data(rec_dir, augment=True).dataset
     dataset.set_epoch(epoch)
     raw = collate([dataset[i] for i in indices])
-    batch = {k: v for k, v in raw.items() if k != "image"}
-    batch["image"] = normalize_batch(raw["image"], torch.device("cpu"), channels_last=True)
-    batch["epoch"] = float(epoch)
-    return batch
+    return StepBatch(image=normalize_batch(raw["image"], torch.device("cpu"), channels_last=True),
+                     label=raw["label"], index=raw["index"], flip=raw["flip"], step=0, epoch=float(epoch))
+
+
+def _small_batch(labels: list[int], teacher: torch.Tensor | None = None) -> StepBatch:
+    n = len(labels)
+    return StepBatch(image=torch.zeros(n, 3, 112, 112), label=torch.tensor(labels), index=torch.arange(n),
+                     flip=torch.zeros(n, dtype=torch.bool), step=0, epoch=0.0, teacher=teacher)
 
 
 def test_cache_holds_each_image_and_its_mirror_in_index_order(caches, teacher, rec_dir) -> None:
@@ -106,9 +112,9 @@ def test_cache_holds_each_image_and_its_mirror_in_index_order(caches, teacher, r
 @pytest.mark.parametrize("name", ["feature", "adadistill"])
 def test_cached_teacher_equals_online_teacher(name: str, caches, teacher, rec_dir) -> None:
     batch = _batch(rec_dir, epoch=2, indices=[3, 17, 8, 22, 0, 11, 5, 19])
-    assert 0 < int(batch["flip"].sum()) < len(batch["flip"])  # both branches of the cache are read
-    cached = CachedTeacher(_open(caches["float32"]))(dict(batch))["teacher"]
-    online = OnlineTeacher(copy.deepcopy(teacher), "cpu")(dict(batch))["teacher"]
+    assert 0 < int(batch.flip.sum()) < len(batch.flip)  # both branches of the cache are read
+    cached = CachedTeacher(_open(caches["float32"]))(replace(batch)).teacher
+    online = OnlineTeacher(copy.deepcopy(teacher), "cpu")(replace(batch)).teacher
     assert cached.dtype == torch.float32 and cached.shape == (8, D)
     torch.testing.assert_close(cached, online, rtol=1e-4, atol=1e-5)
 
@@ -116,8 +122,8 @@ def test_cached_teacher_equals_online_teacher(name: str, caches, teacher, rec_di
     torch.manual_seed(0)
     method = build_method(name, params, num_classes=IDS, student_dim=D, teacher_dim=D)
     emb = torch.randn(8, D, generator=torch.Generator().manual_seed(1))
-    loss_cached = DistillObjective(copy.deepcopy(method))(emb, {**batch, "teacher": cached})["loss"]
-    loss_online = DistillObjective(copy.deepcopy(method))(emb, {**batch, "teacher": online})["loss"]
+    loss_cached = DistillObjective(copy.deepcopy(method))(emb, replace(batch, teacher=cached))["loss"]
+    loss_online = DistillObjective(copy.deepcopy(method))(emb, replace(batch, teacher=online))["loss"]
     assert abs(float(loss_cached) - float(loss_online)) < 1e-5
 
 
@@ -132,7 +138,7 @@ def test_stale_cache_is_refused_with_the_stage_to_rerun(caches) -> None:
 
 
 def test_missing_or_damaged_cache_names_the_stage(tmp_path: Path, caches) -> None:
-    with pytest.raises(DataError, match=r"teacher_shkd/meta.json: missing.*dvc repro shkd_features"):
+    with pytest.raises(DataError, match=r"teacher_shkd/meta.json: missing.*dvc repro student_aware_features"):
         _open(tmp_path / "teacher_shkd")
     damaged = tmp_path / "teacher"
     damaged.mkdir()
@@ -168,19 +174,18 @@ def test_interrupted_write_leaves_no_valid_cache(tmp_path: Path, teacher, rec_di
     assert not list(out.glob(".*.tmp"))
 
 
-def _loss(name: str, cache: np.ndarray, method, emb: torch.Tensor, batch: dict) -> float:
-    teacher = CachedTeacher(cache)(dict(batch))["teacher"]
-    return float(DistillObjective(copy.deepcopy(method))(emb, {**batch, "teacher": teacher})["loss"].detach())
+def _loss(name: str, cache: np.ndarray, method, emb: torch.Tensor, batch: StepBatch) -> float:
+    fed = CachedTeacher(cache)(replace(batch))
+    return float(DistillObjective(copy.deepcopy(method))(emb, fed)["loss"].detach())
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+@pytest.mark.parametrize("name", sorted(methods()))
 def test_float16_cache_keeps_the_loss_to_1e4_exactly_where_allowed(name: str, caches, rec_dir) -> None:
     """Spec: float16 storage only where the loss it feeds is unchanged to 1e-4 (default params, scale 64)."""
     params = DistillParams(optim={"batch_size": 8}, qud={"queue_size": 16})
     worst = 0.0
     for k, epoch in enumerate((0, 5, 9)):  # GKD's KD weight ramps up to full by epoch 10 at the defaults
-        batch = _batch(rec_dir, epoch=epoch, indices=list(range(k, N, 3))[:8])
-        batch["epoch"] = float(epoch) + 0.5
+        batch = replace(_batch(rec_dir, epoch=epoch, indices=list(range(k, N, 3))[:8]), epoch=float(epoch) + 0.5)
         torch.manual_seed(k)
         centres = torch.randn(IDS, D)
         method = build_method(name, params, num_classes=IDS, student_dim=D, teacher_dim=D, teacher_head=centres)
@@ -201,7 +206,7 @@ def test_float16_cache_keeps_the_loss_to_1e4_exactly_where_allowed(name: str, ca
 def test_label_free_method_gets_no_labels() -> None:
     method = build_method("qud", DistillParams(optim={"batch_size": 4}, qud={"queue_size": 8}),
                           num_classes=0, student_dim=D, teacher_dim=D)
-    batch = {"label": torch.full((4,), -1), "teacher": torch.randn(4, D), "epoch": 0.0}
+    batch = _small_batch([-1] * 4, teacher=torch.randn(4, D))
     out = DistillObjective(method)(torch.randn(4, D, requires_grad=True), batch)
     assert torch.isfinite(out["loss"]) and set(out) == {"loss", "infonce", "pos_cos"}
     assert DistillObjective(method).student_head() is None
@@ -210,9 +215,18 @@ def test_label_free_method_gets_no_labels() -> None:
 def test_teacher_free_method_runs_without_teacher() -> None:
     method = build_method("none", DistillParams(), num_classes=IDS, student_dim=D, teacher_dim=D)
     objective = DistillObjective(method)
-    out = objective(torch.randn(4, D), {"label": torch.tensor([0, 1, 2, 3]), "epoch": 0.0})
+    out = objective(torch.randn(4, D), _small_batch([0, 1, 2, 3]))
     assert torch.isfinite(out["loss"])
     assert objective.student_head() is method.head
+
+
+@pytest.mark.parametrize("name", sorted(set(methods()) - {"none"}))
+def test_a_method_that_reads_a_teacher_refuses_a_batch_without_one(name: str) -> None:
+    """A missing teacher provider is a wiring error: never silently trained on zeros."""
+    method = build_method(name, DistillParams(optim={"batch_size": 4}, qud={"queue_size": 8}), num_classes=IDS,
+                          student_dim=D, teacher_dim=D, teacher_head=torch.randn(IDS, D))
+    with pytest.raises(TrainingError, match=f"'{name}' distils from models/teacher.*step 1 has no teacher"):
+        DistillObjective(method)(torch.randn(4, D), _small_batch([0, 1, 2, 3]))
 
 
 @pytest.mark.gpu
@@ -222,9 +236,10 @@ def test_cache_built_on_cuda_matches_cpu_and_lands_on_cuda(tmp_path: Path, cache
                            batch_size=10, device="cuda")
     # TF32 convolutions on CUDA: close, not bitwise equal.
     np.testing.assert_allclose(_open(out), _open(caches["float32"]), rtol=1e-2, atol=1e-3)
-    batch = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in _batch(rec_dir, 1, [0, 5, 9, 2]).items()}
-    cached = CachedTeacher(_open(out))(dict(batch))["teacher"]
-    online = OnlineTeacher(copy.deepcopy(teacher), "cuda")(dict(batch))["teacher"]
+    host = _batch(rec_dir, 1, [0, 5, 9, 2])
+    batch = replace(host, image=host.image.cuda(), label=host.label.cuda(), index=host.index.cuda(), flip=host.flip.cuda())
+    cached = CachedTeacher(_open(out))(replace(batch)).teacher
+    online = OnlineTeacher(copy.deepcopy(teacher), "cuda")(replace(batch)).teacher
     assert cached.device.type == "cuda" and cached.dtype == torch.float32
     torch.testing.assert_close(cached, online, rtol=1e-2, atol=1e-3)
 

@@ -9,7 +9,7 @@ import pytest
 from facekd.config import Params, parse_params
 from facekd.data.bins import write_bin
 from facekd.data.images import encode_jpeg
-from facekd.data.recordio import write_face_rec
+from facekd.data.face_rec import write_face_rec
 from facekd.data.validation import ValidationFailed
 from facekd.stages import validate
 

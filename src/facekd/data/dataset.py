@@ -54,7 +54,7 @@ class _RecordSource:
     """Images of an insightface ``.rec`` (the reader reopens its file in each worker process)."""
 
     def __init__(self, rec_path: Path, idx_path: Path | None) -> None:
-        from facekd.data.recordio import FaceRecordFile
+        from facekd.data.face_rec import FaceRecordFile
 
         self.reader = FaceRecordFile(rec_path, idx_path)
         self.labels = np.asarray(self.reader.labels, dtype=np.int64)

@@ -54,7 +54,7 @@ def _shape_of(blob: bytes) -> tuple[int, int, int, bool]:
 
 
 def training_manifest(train_dir: Path, every_image: bool, sample: int = 10000) -> tuple[pd.DataFrame, int]:
-    from facekd.data.recordio import FaceRecordFile
+    from facekd.data.face_rec import FaceRecordFile
 
     rec = FaceRecordFile(train_dir / "train.rec", train_dir / "train.idx")
     n = rec.num_images

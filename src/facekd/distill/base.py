@@ -45,9 +45,12 @@ class DistillBatch:
 class DistillMethod(nn.Module):
     """Base class: validates the batch, then :meth:`compute` returns ``{"loss": ..., parts}``.
 
-    Class flags (a pipeline reads them before building anything):
+    Set by ``@register``: ``name`` and ``params_model``, the pydantic model of its ``distill.<name>``
+    section. Class flags (a pipeline reads them before building anything):
     ``teacher_model``: the trained model (``models/<name>``) it distils from, ``None`` for a loss
-    that never reads a teacher (the pipeline then loads none); ``needs_labels``: the loss uses
+    that never reads a teacher (the pipeline then loads none); ``fine_tunes_teacher``: the method
+    distils from its own student-aware copy of the teacher (SH-KD), ``models/teacher_<name>``,
+    trained by the ``student_aware_teacher@<name>`` stage; ``needs_labels``: the loss uses
     identity labels; ``needs_teacher_head``: the loss uses the teacher's class centres ``W_t``;
     ``shares_teacher_space``: the loss compares the student embedding with teacher-space vectors,
     so a learned linear projection is added when the embedding sizes differ.
@@ -56,7 +59,9 @@ class DistillMethod(nn.Module):
     """
 
     name: ClassVar[str] = ""
+    params_model: ClassVar[type] = type(None)
     teacher_model: ClassVar[str | None] = "teacher"
+    fine_tunes_teacher: ClassVar[bool] = False
     needs_labels: ClassVar[bool] = True
     needs_teacher_head: ClassVar[bool] = False
     shares_teacher_space: ClassVar[bool] = False
@@ -84,6 +89,10 @@ class DistillMethod(nn.Module):
         self.project: nn.Module = (
             self._projection() if self.shares_teacher_space else nn.Identity()
         )
+
+    @classmethod
+    def check_setting(cls, params: Any, batch_size: int) -> None:
+        """Raise ``ValueError`` when the section ``params`` cannot run with this global batch size."""
 
     @classmethod
     def requires_labels(cls, params: Any) -> bool:

@@ -1,12 +1,13 @@
 """Where a student's teacher embeddings come from, and the objective that feeds a method.
 
 Two providers, both called as ``provider(batch) -> batch`` (the loop's ``extra_batch_fn``), both
-setting ``batch["teacher"]`` (B, d_t) float32 raw teacher embeddings on the batch's device:
+setting ``batch.teacher`` (B, d_t) float32 raw teacher embeddings on the batch's device
+(``batch`` a :class:`~facekd.training.batch.StepBatch`):
 
 - :class:`CachedTeacher`: rows of ``features/<teacher>/embeddings.npy`` (N, 2, d_t), memory-mapped,
-  picked by ``batch["index"]`` and ``batch["flip"]``. The teacher is frozen and in eval mode and
+  picked by ``batch.index`` and ``batch.flip``. The teacher is frozen and in eval mode and
   the only augmentation is a horizontal flip, so this is the online result, precomputed.
-- :class:`OnlineTeacher`: the frozen teacher run on ``batch["image"]`` under ``no_grad`` (for
+- :class:`OnlineTeacher`: the frozen teacher run on ``batch.image`` under ``no_grad`` (for
   augmentations beyond the flip).
 
 The cache is written by :func:`write_teacher_features` and opened by :func:`open_cache`, which
@@ -28,13 +29,14 @@ from torch import nn
 
 from facekd import layout
 from facekd.distill.base import DistillBatch, DistillMethod
-from facekd.errors import ConfigError, DataError
+from facekd.errors import ConfigError, DataError, TrainingError
 from facekd.fsio import atomic_path, file_sha256, read_json_object, write_json
 from facekd.models.heads import MarginHead
 
 if TYPE_CHECKING:
     from facekd.data.dataset import FaceDataset
     from facekd.data.training_set import StudentData
+    from facekd.training.batch import StepBatch
 
 log = logging.getLogger(__name__)
 
@@ -236,32 +238,32 @@ def open_cache(
 
 
 class CachedTeacher:
-    """``batch["teacher"] = cache[batch["index"], batch["flip"]]`` as float32 on the batch's device."""
+    """``batch.teacher = cache[batch.index, batch.flip]`` as float32 on the batch's device."""
 
     def __init__(self, cache: np.ndarray) -> None:
         self.cache = cache  # (N, 2, d) memmap
         self.dim = int(cache.shape[2])
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
-        index = batch["index"].cpu().numpy()
-        flip = batch["flip"].cpu().numpy().astype(np.int64)
+    def __call__(self, batch: StepBatch) -> StepBatch:
+        index = batch.index.cpu().numpy()
+        flip = batch.flip.cpu().numpy().astype(np.int64)
         rows = np.asarray(self.cache[index, flip], dtype=np.float32)  # (B, d)
-        batch["teacher"] = torch.from_numpy(rows).to(batch["image"].device, non_blocking=True)
+        batch.teacher = torch.from_numpy(rows).to(batch.image.device, non_blocking=True)
         return batch
 
 
 class OnlineTeacher:
-    """``batch["teacher"]`` = the frozen teacher on ``batch["image"]`` (eval mode, no gradient)."""
+    """``batch.teacher`` = the frozen teacher on ``batch.image`` (eval mode, no gradient)."""
 
     def __init__(self, teacher: nn.Module, device: torch.device | str, channels_last: bool = True) -> None:
         teacher = teacher.to(device).eval().requires_grad_(False)
         self.teacher = teacher.to(memory_format=torch.channels_last) if channels_last else teacher
         self.dim = _output_dim(self.teacher, torch.device(device))
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def __call__(self, batch: StepBatch) -> StepBatch:
         # no_grad, not inference_mode: the loss later uses these tensors inside autograd.
         with torch.no_grad():
-            batch["teacher"] = self.teacher(batch["image"]).float()  # (B, d_t)
+            batch.teacher = self.teacher(batch.image).float()  # (B, d_t)
         return batch
 
 
@@ -271,21 +273,28 @@ class OnlineTeacher:
 class DistillObjective(nn.Module):
     """The loop's objective for a student: ``(emb, batch) -> method(DistillBatch)``.
 
-    ``batch["teacher"]`` comes from a provider; a method that ignores the teacher (``none``) may
-    run without one, and then gets zeros of the teacher's shape. Labels reach the method only when
-    it uses them, so label-free methods run on unlabeled data (labels -1).
+    ``batch.teacher`` comes from a provider. Only a method that reads no teacher
+    (``teacher_model`` None: ``none``) runs without one, and then gets zeros of the teacher's
+    shape; for any other method a missing teacher is a wiring error, raised, never trained on.
+    Labels reach the method only when it uses them, so label-free methods run on unlabeled data
+    (labels -1).
     """
 
     def __init__(self, method: "DistillMethod") -> None:
         super().__init__()
         self.method = method
 
-    def forward(self, emb: torch.Tensor, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        teacher = batch.get("teacher")
+    def forward(self, emb: torch.Tensor, batch: StepBatch) -> dict[str, torch.Tensor]:
+        teacher = batch.teacher
         if teacher is None:
+            if self.method.teacher_model is not None:
+                raise TrainingError(
+                    f"distill method '{self.method.name}' distils from models/{self.method.teacher_model}, but "
+                    f"step {batch.step + 1} has no teacher embeddings: the training loop was given no "
+                    "teacher provider (extra_batch_fn = CachedTeacher or OnlineTeacher)")
             teacher = emb.detach().new_zeros(emb.shape[0], self.method.teacher_dim)
-        labels = batch["label"] if self.method.uses_labels else None
-        return self.method(DistillBatch(student=emb, teacher=teacher, labels=labels, epoch=float(batch["epoch"])))
+        labels = batch.label if self.method.uses_labels else None
+        return self.method(DistillBatch(student=emb, teacher=teacher, labels=labels, epoch=float(batch.epoch)))
 
     def student_head(self) -> MarginHead | None:
         """The method's own trainable margin head (``none``, ``logit``, ``thkd``...), if it has one."""

@@ -2,7 +2,7 @@
 
 Reads the training data (``data/prepared``, or for label-free methods an unlabeled folder at
 ``data.path`` when ``data.source`` is ``unlabeled``), the frozen teacher ``models/teacher`` (for
-``shkd``: the student-aware ``models/teacher_shkd``) and its feature cache ``features/<teacher>``
+a method of ``distill.head_sharing``: its student-aware ``models/teacher_<method>``) and its feature cache ``features/<teacher>``
 (or runs the teacher online when ``distill.teacher_source`` is ``online``). Trains
 ``distill.student`` through :func:`facekd.training.loop.fit`, resuming from
 ``checkpoints/students/<method>/``; writes ``models/<method>/`` (backbone.pt, head.pt when the
@@ -38,12 +38,13 @@ def check_method(params: Params, method: str, labeled: bool, where: str) -> None
     """The method is configured, and has the labels it needs."""
     from facekd.distill.registry import method_class
 
-    if method != "shkd" and method not in params.distill.methods:
+    cls = method_class(method)
+    key = "head_sharing" if cls.fine_tunes_teacher else "methods"
+    if method not in getattr(params.distill, key):
         raise ConfigError(
-            f"distill method '{method}' is not in distill.methods {list(params.distill.methods)}; "
+            f"distill method '{method}' is not in distill.{key} {list(getattr(params.distill, key))}; "
             "add it there (params.yaml) or choose one of those"
         )
-    cls = method_class(method)
     if not labeled and cls.requires_labels(getattr(params.distill, method)):
         raise ConfigError(
             f"distill method '{method}' needs identity labels, but data.source is 'unlabeled' ({where}); "
@@ -68,7 +69,8 @@ def _train(params: Params, method: str, dist: Any) -> None:
     from facekd.distill.teacher import DistillObjective
     from facekd.mlops.tracking import NullTracker, Tracker
     from facekd.models.registry import create_backbone
-    from facekd.training.loop import fit, seed_everything
+    from facekd.training.loop import fit
+    from facekd.training.sampling import seed_everything
 
     data = student_data(params)
     check_method(params, method, data.num_classes > 0, data.where)
@@ -87,7 +89,7 @@ def _train(params: Params, method: str, dist: Any) -> None:
         teacher_dim=teacher.dim if teacher else s.embedding_size, teacher_head=head_weight))
 
     config = run_config(params, method, data.data_hash, teacher)
-    stage = layout.training_stage(method)
+    stage = layout.training_stage(method, distill.head_sharing)
     tracker = Tracker.from_params(params.tracking, stage=stage) if dist.is_main else NullTracker()
     result = fit(run_name=f"distill-{method}", backbone=backbone, objective=objective, dataset=data.dataset,
                  optim=distill.optim, run_dir=layout.checkpoint_dir(method), config=config, seed=params.seed,
@@ -99,7 +101,13 @@ def _train(params: Params, method: str, dist: Any) -> None:
 def _teacher_setup(params: Params, method: str, data: Any, dist: Any) -> TeacherSide:
     """The teacher of ``method``, fed from its checked cache or run online."""
     from facekd.distill.registry import method_class
-    from facekd.distill.teacher import CachedTeacher, OnlineTeacher, check_cache_dtype, open_cache, teacher_weights_hash
+    from facekd.distill.teacher import (
+        CachedTeacher,
+        OnlineTeacher,
+        check_cache_dtype,
+        open_cache,
+        teacher_weights_hash,
+    )
     from facekd.models.store import require_model
 
     name = method_class(method).teacher_model

@@ -62,7 +62,7 @@ def _check_sources(source: str, path: str | None, eval_path: str | None) -> None
 
 
 def _meta(train_dir: Path, source: str) -> dict:
-    from facekd.data.recordio import FaceRecordFile
+    from facekd.data.face_rec import FaceRecordFile
 
     rec = FaceRecordFile(train_dir / "train.rec", train_dir / "train.idx")
     image = rec.image(0)
@@ -125,7 +125,7 @@ def _visible(path: Path, root: Path) -> bool:
 def _folder_to_rec(root: Path, out: Path) -> None:
     from facekd.data.folder import scan_identity_folders
     from facekd.data.images import decode_image
-    from facekd.data.recordio import write_face_rec
+    from facekd.data.face_rec import write_face_rec
 
     paths, labels, names = scan_identity_folders(root)
     log.info("folder %s: %d images of %d identities", root, len(paths), len(names))

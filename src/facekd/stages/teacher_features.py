@@ -1,6 +1,6 @@
 """Stage ``teacher_features``: cache a frozen teacher's embeddings of every training image and its flip.
 
-Reads ``models/<teacher>`` (``teacher`` or ``teacher_shkd``) and the students' training data
+Reads ``models/<teacher>`` (``teacher`` or a student-aware ``teacher_<method>``) and the students' training data
 (``data/prepared``, or the unlabeled folder of ``data.path``); writes
 ``features/<teacher>/embeddings.npy`` (N, 2, d) in ``distill.cache_dtype`` and ``meta.json``
 (teacher weights sha256, data hash, N, d, dtype). A cache that already matches the teacher, the
@@ -22,12 +22,18 @@ def run(params: Params, teacher_name: str) -> None:
     import torch
 
     from facekd.data.training_set import student_data
-    from facekd.distill.teacher import read_cache_meta, teacher_weights_hash, write_teacher_features
+    from facekd.distill.teacher import (
+        read_cache_meta,
+        teacher_weights_hash,
+        write_teacher_features,
+    )
     from facekd.errors import DataError
     from facekd.models.store import ONNX_FORMAT, load_backbone, require_model
 
-    if teacher_name not in layout.TEACHERS:
-        raise ConfigError(f"unknown teacher '{teacher_name}'; choose one of {', '.join(layout.TEACHERS)}")
+    teachers = [layout.TEACHER, *map(layout.student_aware_teacher, params.distill.head_sharing)]
+    if teacher_name not in teachers:
+        raise ConfigError(f"unknown teacher '{teacher_name}'; choose one of {', '.join(teachers)} "
+                          "(teacher_<method> for each method of distill.head_sharing)")
     require_model(teacher_name)
     data = student_data(params, augment=False)
     weights = teacher_weights_hash(layout.model_dir(teacher_name))

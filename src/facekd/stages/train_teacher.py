@@ -100,7 +100,8 @@ def _train(params: Params, dist: Any) -> None:
     from facekd.data.training_set import read_prepared_meta
     from facekd.mlops.tracking import NullTracker, Tracker
     from facekd.models.registry import create_backbone
-    from facekd.training.loop import fit, seed_everything
+    from facekd.training.loop import fit
+    from facekd.training.sampling import seed_everything
     from facekd.training.objectives import HeadObjective
 
     prepared = Path(params.data.prepared_dir)

@@ -20,39 +20,29 @@ exit with ``128 + signal`` (143 for SIGTERM).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from facekd.config import OptimParams
 from facekd.errors import TrainingError
 from facekd.mlops.tracking import NullTracker
 from facekd.training import checkpoint as ckpt
-from facekd.training.distributed import (
-    DistInfo,
-    all_reduce_sum,
-    average_gradients,
-    broadcast_state,
-    current_dist,
-    gather_shards,
-    rank_slice,
-    take_shard,
-    unwrap,
-    wrap_backbone,
-)
+from facekd.training.batch import StepBatch
+from facekd.training.distributed import (DistInfo, all_reduce_sum, average_gradients, broadcast_state, current_dist,
+                                         unwrap, wrap_backbone)
 from facekd.training.optim import build_optimizer, build_scheduler
-from facekd.training.runtime import apply_threads, use_channels_last
+from facekd.training.progress import PROGRESS_EVERY_S, LogWindow, ProgressLine, log_interval
+from facekd.training.runtime import (StopSignals, amp_dtype, apply_threads, deterministic_kernels,
+                                     use_channels_last)
+from facekd.training.sampling import EpochBatches, StepPlan, derived_seed, seed_everything
+from facekd.training.sharded_state import ShardedState
 
 if TYPE_CHECKING:
     import torch
@@ -60,175 +50,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-Batch = dict[str, Any]
+Batch = dict[str, Any]  # what the data loader yields (facekd.data.dataset.collate)
 EvalFn = Callable[["nn.Module", int], dict[str, float]]
-# Seconds between progress lines where no terminal shows the bar (dvc repro, CI, Prefect logs): at
-# full scale an epoch takes hours, so the per-epoch line alone leaves those logs silent for hours.
-PROGRESS_EVERY_S = 30.0
-# MLflow loss points per run: about LOG_POINTS whatever the run's length (a fixed "every 10 steps" left
-# the embedded students' 74-step runs with 8 points), and at least one every LOG_EVERY_MAX steps.
-LOG_POINTS = 100
-LOG_EVERY_MAX = 100
-
-
-def log_interval(total_steps: int) -> int:
-    """Steps between MLflow metric points: every step for runs up to 2 * LOG_POINTS steps, then
-    ``total_steps // LOG_POINTS`` (>= LOG_POINTS points), never more than LOG_EVERY_MAX."""
-    return max(1, min(LOG_EVERY_MAX, total_steps // LOG_POINTS))
-
-
-def _duration(seconds: float) -> str:
-    """``3h05m``, ``4m10s``, ``12s``."""
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-
-class _Progress:
-    """A progress line every ``every_s`` seconds (step, throughput, loss, ETA) when enabled."""
-
-    def __init__(self, run_name: str, start_step: int, total_steps: int, every_s: float, enabled: bool) -> None:
-        self.run_name, self.start_step, self.total_steps = run_name, start_step, total_steps
-        self.every_s, self.enabled = every_s, enabled
-        self.started = self.last = time.perf_counter()
-        self.images = 0
-
-    def update(self, step: int, images: int, loss: float) -> None:
-        self.images += images
-        now = time.perf_counter()
-        if not self.enabled or now - self.last < self.every_s:
-            return
-        self.last = now
-        elapsed = max(now - self.started, 1e-9)  # this process's steps: a resumed run's rate is its own
-        eta = (self.total_steps - step) * elapsed / max(step - self.start_step, 1)
-        log.info("%s: step %d/%d, %.1f img/s, loss %.4f, ETA %s", self.run_name, step, self.total_steps,
-                 self.images / elapsed, loss, _duration(eta))
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch, numpy and random (call before building models so their init is reproducible)."""
-    import random
-
-    import torch
-
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
-
-
-def _derived_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (stable across processes and Python versions)."""
-    digest = hashlib.sha256(json.dumps(parts).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def epoch_permutation(num_images: int, seed: int, epoch: int) -> "torch.Tensor":
-    """(N,) int64: the sample order of ``epoch`` (the same on every rank and every resume)."""
-    import torch
-
-    gen = torch.Generator().manual_seed(_derived_seed(seed, epoch, 0))
-    return torch.randperm(num_images, generator=gen)
-
-
-@dataclass(frozen=True)
-class StepPlan:
-    """How images map to optimizer steps: global batch -> ranks -> accumulation micro-batches."""
-
-    global_batch: int
-    micro_batch: int
-    grad_accum: int
-    steps_per_epoch: int
-    epochs: int
-
-    @property
-    def total_steps(self) -> int:
-        return self.steps_per_epoch * self.epochs
-
-    @classmethod
-    def build(cls, num_images: int, optim: OptimParams, dist: DistInfo) -> "StepPlan":
-        per_rank = optim.batch_size // dist.world_size
-        rank_slice(optim.batch_size, dist)  # raises when the batch does not split over ranks
-        if per_rank % optim.grad_accum:
-            raise TrainingError(
-                f"optim.batch_size={optim.batch_size} over {dist.world_size} process(es) gives {per_rank} "
-                f"images per process, not divisible by optim.grad_accum={optim.grad_accum}; change one of them"
-            )
-        steps = num_images // optim.batch_size
-        if steps < 1:
-            raise TrainingError(
-                f"the training data has {num_images} images, fewer than one batch "
-                f"(optim.batch_size={optim.batch_size}); lower the batch size"
-            )
-        return cls(optim.batch_size, per_rank // optim.grad_accum, optim.grad_accum, steps, optim.epochs)
-
-
-class EpochBatches:
-    """Batch sampler: this rank's micro-batches (lists of image indices) of one epoch.
-
-    Global step ``s`` of the epoch takes ``perm[s*B:(s+1)*B]``; the rank takes its contiguous share
-    and cuts it into ``grad_accum`` micro-batches. The tail of the permutation that does not fill
-    a global batch is dropped (a different tail every epoch).
-    """
-
-    def __init__(self, num_images: int, plan: StepPlan, dist: DistInfo, seed: int) -> None:
-        self.num_images, self.plan, self.seed = num_images, plan, seed
-        self.share = rank_slice(plan.global_batch, dist)
-        self.epoch, self.start_step = 0, 0
-
-    def set_epoch(self, epoch: int, start_step: int = 0) -> None:
-        """Iterate ``epoch`` from its step ``start_step`` (skipping consumed batches undecoded)."""
-        self.epoch, self.start_step = epoch, start_step
-
-    def __len__(self) -> int:
-        return (self.plan.steps_per_epoch - self.start_step) * self.plan.grad_accum
-
-    def __iter__(self) -> Iterator[list[int]]:
-        perm = epoch_permutation(self.num_images, self.seed, self.epoch)
-        b, m = self.plan.global_batch, self.plan.micro_batch
-        for step in range(self.start_step, self.plan.steps_per_epoch):
-            mine = perm[step * b:(step + 1) * b][self.share]
-            for a in range(self.plan.grad_accum):
-                yield mine[a * m:(a + 1) * m].tolist()
-
-
-class _StopSignals:
-    """Turn SIGTERM/SIGINT into a request honoured at the next step boundary (main thread only)."""
-
-    def __init__(self) -> None:
-        self.signum = 0
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
-        self.signum = signum
-        log.warning("received %s: stopping after this step (checkpoint saved)", signal.Signals(signum).name)
-
-    def __enter__(self) -> "_StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-@contextlib.contextmanager
-def _determinism(enabled: bool) -> Iterator[None]:
-    """Deterministic kernels for the duration of training; the previous setting is restored."""
-    import torch
-
-    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
-    benchmark = torch.backends.cudnn.benchmark
-    _set_deterministic(enabled, warn_only=True)
-    torch.backends.cudnn.benchmark = not enabled
-    try:
-        yield
-    finally:
-        _set_deterministic(before[0], warn_only=before[1])
-        torch.backends.cudnn.benchmark = benchmark
+def _plain_config(config: dict[str, Any]) -> dict[str, Any]:
+    """JSON round trip: tuples become lists, so stored and current configs compare equal."""
+    return json.loads(json.dumps(config, sort_keys=True, default=str))
 
 
 def _finished_elsewise(state: dict[str, Any], config: dict[str, Any]) -> bool:
@@ -238,86 +64,12 @@ def _finished_elsewise(state: dict[str, Any], config: dict[str, Any]) -> bool:
             and state["step"] >= state.get("total_steps", float("inf")))
 
 
-def _set_deterministic(enabled: bool, *, warn_only: bool) -> None:
-    """``torch.use_deterministic_algorithms`` without its import of ``torch._inductor`` when unused.
-
-    The public call imports the inductor config (~3 CPU-s, paid by every training stage) only to
-    copy the flag into it; when nothing has imported the inductor (no ``torch.compile`` in this
-    process) the flag is set in the core alone, which is all eager kernels read.
-    """
-    import torch
-
-    if "torch._inductor.config" in sys.modules:
-        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
-    else:
-        torch._C._set_deterministic_algorithms(enabled, warn_only=warn_only)
-
-
-def _amp_dtype(amp: str, device: "torch.device") -> "torch.dtype | None":
-    """The autocast dtype, or None: AMP runs only on CUDA (bf16 on this CPU is ~300x slower)."""
-    import torch
-
-    if amp == "off":
-        return None
-    if device.type != "cuda":
-        log.warning("optim.amp=%s ignored on %s: mixed precision is used on CUDA only", amp, device)
-        return None
-    return torch.float16 if amp == "fp16" else torch.bfloat16
-
-
-def _is_rows(value: Any, rows: int) -> bool:
-    """True for a tensor whose first dimension is a row shard of ``rows`` rows (momentum buffers)."""
-    import torch
-
-    return isinstance(value, torch.Tensor) and value.dim() >= 1 and value.shape[0] == rows
-
-
-def _plain_config(config: dict[str, Any]) -> dict[str, Any]:
-    """JSON round trip: tuples become lists, so stored and current configs compare equal."""
-    return json.loads(json.dumps(config, sort_keys=True, default=str))
-
-
-@dataclass
-class _Window:
-    """Running sums between two log points."""
-
-    sums: dict[str, float]
-    steps: int = 0
-    images: int = 0
-    started: float = 0.0
-
-    @classmethod
-    def open(cls) -> "_Window":
-        return cls(sums={}, started=time.perf_counter())
-
-    def add(self, parts: dict[str, float], images: int) -> None:
-        for k, v in parts.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-        self.steps += 1
-        self.images += images
-
-    def means(self) -> dict[str, float]:
-        return {k: v / max(self.steps, 1) for k, v in self.sums.items()}
-
-    def state(self) -> dict[str, Any]:
-        """The loss sums so far (checkpointed: a resumed run logs the same window means)."""
-        return {"sums": dict(self.sums), "steps": self.steps}
-
-    @classmethod
-    def resume(cls, state: dict[str, Any] | None) -> "_Window":
-        """A window continuing ``state``; images and clock restart (they measure this process)."""
-        window = cls.open()
-        if state:
-            window.sums, window.steps = dict(state["sums"]), int(state["steps"])
-        return window
-
-
 class Trainer:
     """The state and steps of one training run; :func:`fit` is the public entry point."""
 
     def __init__(self, *, run_name: str, backbone: "nn.Module", objective: "nn.Module", dataset: Any,
                  optim: OptimParams, run_dir: Path, config: dict[str, Any], seed: int, tracker: Any,
-                 extra_batch_fn: Callable[[Batch], Batch] | None, eval_fn: EvalFn | None,
+                 extra_batch_fn: Callable[[StepBatch], StepBatch] | None, eval_fn: EvalFn | None,
                  dist: DistInfo, log_every: int | None, progress_every_s: float = PROGRESS_EVERY_S) -> None:
         import torch
 
@@ -331,7 +83,7 @@ class Trainer:
         self.plan = StepPlan.build(len(dataset), optim, dist)
         self.log_every = max(1, log_every) if log_every else log_interval(self.plan.total_steps)
         self.device = dist.device
-        self.amp_dtype = _amp_dtype(optim.amp, self.device)
+        self.amp_dtype = amp_dtype(optim.amp, self.device)
         self.backbone = backbone.to(self.device)
         self.threads = apply_threads(optim.threads) if self.device.type == "cpu" else None
         self.channels_last = use_channels_last(optim.channels_last, backbone, self.device, self.threads)
@@ -345,6 +97,7 @@ class Trainer:
             [{"params": [p for p in backbone.parameters() if p.requires_grad]},
              {"params": [p for p in objective.parameters() if p.requires_grad]}], optim)
         self.scheduler = build_scheduler(self.optimizer, optim, self.plan.steps_per_epoch)
+        self.sharded = ShardedState(objective, self.optimizer, dist)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.sampler = EpochBatches(len(dataset), self.plan, dist, seed)
         self.loader_gen = torch.Generator()
@@ -352,7 +105,7 @@ class Trainer:
         self.step = 0
         self.summary: dict[str, Any] = {"images": 0, "train_seconds": 0.0, "loss": {}}
         self.eval_metrics: dict[str, float] = {}
-        self.window = _Window.open()
+        self.window = LogWindow.open()
         self.run_id: str | None = None
         self.model: "nn.Module" = self.backbone
         self._clock = time.perf_counter()
@@ -371,32 +124,6 @@ class Trainer:
 
     # ---- state -------------------------------------------------------------------------------
 
-    def _sharded(self) -> dict[str, "torch.nn.Parameter"]:
-        """Objective parameters split by rows across ranks (PartialFC's centres), by state_dict name."""
-        declared = getattr(self.objective, "sharded_parameters", None)
-        return dict(declared()) if declared is not None and self.dist.distributed else {}
-
-    def _sharded_optimizer_slots(self) -> dict[int, int]:
-        """Optimizer state index -> local row count, for every sharded parameter."""
-        rows = {id(p): p.shape[0] for p in self._sharded().values()}
-        order = [p for group in self.optimizer.param_groups for p in group["params"]]
-        return {i: rows[id(p)] for i, p in enumerate(order) if id(p) in rows}
-
-    def _objective_state(self) -> dict[str, Any]:
-        state = dict(self.objective.state_dict())
-        for name, param in self._sharded().items():
-            state[name] = gather_shards(param.detach(), self.dist)  # (C, d) in class order
-        return state
-
-    def _optimizer_state(self) -> dict[str, Any]:
-        state = self.optimizer.state_dict()
-        slots = dict(state["state"])  # the per-parameter dicts are the optimizer's own: copy, never edit
-        for index, rows in self._sharded_optimizer_slots().items():
-            if index in slots:
-                slots[index] = {k: gather_shards(v, self.dist) if _is_rows(v, rows) else v
-                                for k, v in slots[index].items()}
-        return {**state, "state": slots}
-
     def state_dict(self) -> dict[str, Any]:
         """The checkpoint; collective (every rank calls it), independent of the number of ranks."""
         return {
@@ -405,8 +132,8 @@ class Trainer:
             "total_steps": self.plan.total_steps,
             "epoch": self.step // self.plan.steps_per_epoch,
             "model": unwrap(self.model).state_dict(),
-            "objective": self._objective_state(),
-            "optimizer": self._optimizer_state(),
+            "objective": self.sharded.objective_state(),
+            "optimizer": self.sharded.optimizer_state(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
             "rng": ckpt.capture_rng(),
@@ -419,44 +146,22 @@ class Trainer:
             "threads": self.threads,
         }
 
-    def _load_objective(self, state: dict[str, Any]) -> None:
-        state = dict(state)
-        for name, param in self._sharded().items():
-            state[name] = take_shard(state[name], param.shape[0], self.dist)
-        self.objective.load_state_dict(state)
-
-    def _load_optimizer(self, state: dict[str, Any]) -> None:
-        slots = dict(state["state"])
-        for index, rows in self._sharded_optimizer_slots().items():
-            if index in slots:
-                full_rows = self._sharded_full_rows(rows)
-                slots[index] = {k: take_shard(v, rows, self.dist) if _is_rows(v, full_rows) else v
-                                for k, v in slots[index].items()}
-        self.optimizer.load_state_dict({**state, "state": slots})
-
-    def _sharded_full_rows(self, local_rows: int) -> int:
-        """Rows of a gathered sharded tensor: the sum of every rank's rows (collective)."""
-        import torch
-
-        total = torch.tensor([local_rows], device=self.device)
-        return int(all_reduce_sum(total, self.dist))
-
     def restore(self, state: dict[str, Any]) -> None:
         """Load a checkpoint (config already checked) into every component."""
         self.backbone.load_state_dict(state["model"])
-        self._load_objective(state["objective"])
-        self._load_optimizer(state["optimizer"])
+        self.sharded.load_objective(state["objective"])
+        self.sharded.load_optimizer(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler.is_enabled() and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self._resume_threads(state.get("threads"))
         self.step = int(state["step"])
         self.summary = state.get("summary", self.summary)
-        self.window = _Window.resume(state.get("log_window"))
+        self.window = LogWindow.resume(state.get("log_window"))
         if self.dist.is_main:
             ckpt.restore_rng(state["rng"])
         else:
-            seed_everything(_derived_seed(self.seed, self.dist.rank, self.step) % 2**32)
+            seed_everything(derived_seed(self.seed, self.dist.rank, self.step) % 2**32)
         log.info("resumed %s from step %d of %d", self.run_dir, self.step, self.plan.total_steps)
 
     def _restore_checked(self, state: dict[str, Any]) -> None:
@@ -504,7 +209,7 @@ class Trainer:
             ckpt.check_config(state, self.config, self.run_dir)
             self._restore_checked(state)
         else:
-            seed_everything(_derived_seed(self.seed, self.dist.rank, 0) % 2**32)
+            seed_everything(derived_seed(self.seed, self.dist.rank, 0) % 2**32)
         if not self.objective_synced:
             broadcast_state(self.objective, self.dist)
         self.model = wrap_backbone(self.backbone, self.dist)  # DDP broadcasts rank 0's weights
@@ -515,21 +220,22 @@ class Trainer:
 
     # ---- one step ------------------------------------------------------------------------------
 
-    def _to_device(self, batch: Batch) -> Batch:
+    def _to_device(self, batch: Batch) -> StepBatch:
         from facekd.data.dataset import normalize_batch
 
-        out = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if k != "image"}
-        out["image"] = normalize_batch(batch["image"], self.device, self.channels_last)
-        out["step"] = self.step
-        out["epoch"] = self.step / self.plan.steps_per_epoch
+        out = StepBatch(image=normalize_batch(batch["image"], self.device, self.channels_last),
+                        label=batch["label"].to(self.device, non_blocking=True),
+                        index=batch["index"].to(self.device, non_blocking=True),
+                        flip=batch["flip"].to(self.device, non_blocking=True),
+                        step=self.step, epoch=self.step / self.plan.steps_per_epoch)
         return self.extra_batch_fn(out) if self.extra_batch_fn else out
 
-    def _forward(self, batch: Batch) -> dict[str, "torch.Tensor"]:
+    def _forward(self, batch: StepBatch) -> dict[str, "torch.Tensor"]:
         import torch
 
         with torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                             enabled=self.amp_dtype is not None):
-            emb = self.model(batch["image"])  # (B, d)
+            emb = self.model(batch.image)  # (B, d)
         out = self.objective(emb.float(), batch)
         if "loss" not in out:
             raise TrainingError(f"the training objective {type(self.objective).__name__} returned no 'loss' "
@@ -598,7 +304,7 @@ class Trainer:
             epoch, offset = divmod(self.step, self.plan.steps_per_epoch)
             self.sampler.set_epoch(epoch, offset)
             self.dataset.set_epoch(epoch)
-            self.loader_gen.manual_seed(_derived_seed(self.seed, epoch, 1))
+            self.loader_gen.manual_seed(derived_seed(self.seed, epoch, 1))
             group: list[Batch] = []
             for batch in self.loader:
                 group.append(batch)
@@ -606,7 +312,7 @@ class Trainer:
                     yield group
                     group = []
 
-    def _log(self, window: _Window) -> None:
+    def _log(self, window: LogWindow) -> None:
         elapsed = time.perf_counter() - window.started
         means = window.means()
         metrics = {f"train/{k}": v for k, v in means.items()}
@@ -646,7 +352,7 @@ class Trainer:
         self.save()
         self._saved_step = self.step
 
-    def run(self, signals: _StopSignals, max_steps: int | None) -> bool:
+    def run(self, signals: StopSignals, max_steps: int | None) -> bool:
         """Train to the end, to ``max_steps`` or to a stop signal (on any rank).
 
         Returns True when training stopped before the last step (resumable).
@@ -659,9 +365,9 @@ class Trainer:
         self._clock, self._saved_step = time.perf_counter(), self.step
         bar = tqdm(total=self.plan.total_steps, initial=self.step, unit="step", desc=self.run_name,
                    disable=not (self.dist.is_main and sys.stderr.isatty()), dynamic_ncols=True)
-        progress = _Progress(self.run_name, self.step, self.plan.total_steps, self.progress_every_s,
+        progress = ProgressLine(self.run_name, self.step, self.plan.total_steps, self.progress_every_s,
                              enabled=self.dist.is_main and bar.disable)
-        self.window = _Window.resume(self.window.state())  # restart the clock: time to here is not training
+        self.window = LogWindow.resume(self.window.state())  # restart the clock: time to here is not training
         stop = False
         try:
             steps = self._micro_batches() if self.step < limit else iter(())
@@ -676,7 +382,7 @@ class Trainer:
                     self._log(self.window)
                     bar.set_postfix(loss=f"{parts['loss']:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.3g}")
                 if self._due(self.log_every):  # a stop keeps its window: the resumed run completes it
-                    self.window = _Window.open()
+                    self.window = LogWindow.open()
                 if self._due(self.optim.eval_every):
                     self._evaluate()
                 if self._due(self.plan.steps_per_epoch) and self.dist.is_main:
@@ -713,14 +419,14 @@ class Trainer:
 
 def fit(*, run_name: str, backbone: "nn.Module", objective: "nn.Module", dataset: Any, optim: OptimParams,
         run_dir: Path, config: dict[str, Any], seed: int, tracker: Any,
-        extra_batch_fn: Callable[[Batch], Batch] | None = None, eval_fn: EvalFn | None = None,
+        extra_batch_fn: Callable[[StepBatch], StepBatch] | None = None, eval_fn: EvalFn | None = None,
         dist: DistInfo | None = None, max_steps: int | None = None, log_every: int | None = None,
         progress_every_s: float = PROGRESS_EVERY_S) -> dict[str, Any]:
     """Train ``backbone`` + ``objective`` on ``dataset``, resuming from ``run_dir`` when possible.
 
     ``config``: the JSON-like config that defines this run (hashed into the checkpoint; a different
     config refuses to resume). ``extra_batch_fn(batch) -> batch`` adds keys (e.g. cached teacher
-    features by ``batch["index"]`` and ``batch["flip"]``) to the device batch before the forward.
+    features by ``batch.index`` and ``batch.flip``) to the device :class:`StepBatch` before the forward.
     ``eval_fn(backbone, step) -> metrics`` runs on rank 0 every ``optim.eval_every`` steps and at the
     end. ``max_steps`` stops (with a checkpoint) once that many steps are done. Metrics go to MLflow
     every ``log_every`` steps (default :func:`log_interval`: ~100 points a run). Without a terminal
@@ -728,14 +434,14 @@ def fit(*, run_name: str, backbone: "nn.Module", objective: "nn.Module", dataset
     metrics (see :meth:`Trainer.result`); a run that is already complete does no step.
     """
     dist = dist or current_dist()
-    with _determinism(optim.deterministic):
+    with deterministic_kernels(optim.deterministic):
         trainer = Trainer(run_name=run_name, backbone=backbone, objective=objective, dataset=dataset,
                           optim=optim, run_dir=Path(run_dir), config=_plain_config(config), seed=seed,
                           tracker=tracker, extra_batch_fn=extra_batch_fn, eval_fn=eval_fn, dist=dist,
                           log_every=log_every, progress_every_s=progress_every_s)
         trainer.prepare()
         status = "FAILED"
-        with _StopSignals() as signals:
+        with StopSignals() as signals:
             try:
                 stopped = trainer.run(signals, max_steps)
                 status = "KILLED" if stopped else "FINISHED"

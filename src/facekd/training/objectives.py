@@ -8,12 +8,15 @@ into world-size-independent checkpoints).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
 from facekd.models.heads import MarginHead
 from facekd.models.partialfc import PartialFC
+
+if TYPE_CHECKING:
+    from facekd.training.batch import StepBatch
 
 
 class HeadObjective(nn.Module):
@@ -24,9 +27,9 @@ class HeadObjective(nn.Module):
         self.head = head
         self.handles_distributed = isinstance(head, PartialFC) and head.distributed
 
-    def forward(self, emb: Tensor, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """emb (B, d) raw embeddings, batch["label"] (B,) -> {"loss": mean margin softmax CE}."""
-        labels = batch["label"]
+    def forward(self, emb: Tensor, batch: StepBatch) -> dict[str, Tensor]:
+        """emb (B, d) raw embeddings, batch.label (B,) -> {"loss": mean margin softmax CE}."""
+        labels = batch.label
         loss = self.head.loss(emb, labels) if isinstance(self.head, MarginHead) else self.head(emb, labels)
         return {"loss": loss}
 

@@ -13,12 +13,20 @@ Both are ``auto`` by default and resolved once per process from measurements (is
   waits for the thread the scheduler parked). An explicit ``OMP_NUM_THREADS`` or an integer wins.
 * **Layout.** ``channels_last`` pays on CUDA and on CPU for most backbones, but not everywhere on
   CPU (:data:`CPU_NCHW_FASTER`, from ``python -m bench.cpu_path``).
+
+Also the run-wide switches a training run sets and restores: deterministic kernels, the autocast
+dtype, and SIGTERM/SIGINT turned into a stop at the next step boundary.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
@@ -107,3 +115,70 @@ def use_channels_last(setting: bool | Auto, backbone: "nn.Module", device: "torc
     args: dict[str, Any] = getattr(backbone, "build_args", {})
     slower = CPU_NCHW_FASTER.get((args.get("arch"), args.get("width")), frozenset())
     return (threads or torch.get_num_threads()) not in slower
+
+
+class StopSignals:
+    """Turn SIGTERM/SIGINT into a request honoured at the next step boundary (main thread only)."""
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: stop now, without a checkpoint
+        self.signum = signum
+        log.warning("received %s: stopping after this step (checkpoint saved)", signal.Signals(signum).name)
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def deterministic_kernels(enabled: bool) -> Iterator[None]:
+    """Deterministic kernels for the duration of training; the previous setting is restored."""
+    import torch
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled())
+    benchmark = torch.backends.cudnn.benchmark
+    _set_deterministic(enabled, warn_only=True)
+    torch.backends.cudnn.benchmark = not enabled
+    try:
+        yield
+    finally:
+        _set_deterministic(before[0], warn_only=before[1])
+        torch.backends.cudnn.benchmark = benchmark
+
+
+def _set_deterministic(enabled: bool, *, warn_only: bool) -> None:
+    """``torch.use_deterministic_algorithms`` without its import of ``torch._inductor`` when unused.
+
+    The public call imports the inductor config (~3 CPU-s, paid by every training stage) only to
+    copy the flag into it; when nothing has imported the inductor (no ``torch.compile`` in this
+    process) the flag is set in the core alone, which is all eager kernels read.
+    """
+    import torch
+
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
+    else:
+        torch._C._set_deterministic_algorithms(enabled, warn_only=warn_only)
+
+
+def amp_dtype(amp: str, device: "torch.device") -> "torch.dtype | None":
+    """The autocast dtype, or None: AMP runs only on CUDA (bf16 on this CPU is ~300x slower)."""
+    import torch
+
+    if amp == "off":
+        return None
+    if device.type != "cuda":
+        log.warning("optim.amp=%s ignored on %s: mixed precision is used on CUDA only", amp, device)
+        return None
+    return torch.float16 if amp == "fp16" else torch.bfloat16

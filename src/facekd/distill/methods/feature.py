@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
-from facekd.config import FeatureKD
+from facekd.config import Section
 from facekd.distill.base import DistillBatch, DistillMethod
 from facekd.distill.registry import register
 
 
-@register("feature")
+class FeatureKD(Section):
+    weight: float = Field(1.0, gt=0.0)
+    with_ce: bool = False
+
+
+@register("feature", params=FeatureKD)
 class FeatureDistill(DistillMethod):
     """``weight * mean((s - t)^2)`` over B x d on unit embeddings (+ the student's margin softmax if ``with_ce``).
 

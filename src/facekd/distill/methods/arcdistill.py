@@ -1,15 +1,24 @@
 """``arcdistill``: the teacher's head, frozen, is the student's head (ArcDistill / ProxylessKD)."""
 from __future__ import annotations
 
+from typing import Literal
+
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
+from facekd.config import Section
 from facekd.distill.base import DistillBatch, DistillMethod
 from facekd.distill.registry import register
 from facekd.models.heads import check_labels, cosine_to_centres, margin_logits
 
 
-@register("arcdistill")
+class ArcDistillKD(Section):
+    head: Literal["arcface", "cosface"] = "arcface"
+    margin: float = Field(0.45, ge=0.0)
+
+
+@register("arcdistill", params=ArcDistillKD)
 class ArcDistill(DistillMethod):
     """Margin softmax of ``s`` against the frozen ``normalize(W_t)``; no trainable head.
 

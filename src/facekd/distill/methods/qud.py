@@ -3,16 +3,23 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
-from facekd.config import QUDKD
+from facekd.config import Section
 from facekd.distill.base import DistillBatch, DistillMethod
 from facekd.distill.registry import register
 from facekd.distill.sync import all_gather_nograd
 from facekd.errors import ConfigError
 
 
-@register("qud")
+class QUDKD(Section):
+    queue_size: int = Field(1024, ge=1, le=1 << 24)
+    tau: float = Field(0.1, gt=0.0)
+    margin: float = Field(0.0, ge=0.0)
+
+
+@register("qud", params=QUDKD)
 class QUD(DistillMethod):
     """InfoNCE of the student against its own teacher embedding and a FIFO queue of past ones.
 
@@ -26,6 +33,12 @@ class QUD(DistillMethod):
 
     needs_labels = False
     shares_teacher_space = True
+
+    @classmethod
+    def check_setting(cls, params: QUDKD, batch_size: int) -> None:
+        if params.queue_size % batch_size:
+            raise ValueError(f"distill.qud.queue_size={params.queue_size} must be a multiple of the global batch "
+                             f"distill.optim.batch_size={batch_size}")
 
     def __init__(self, params: QUDKD, **kwargs) -> None:
         super().__init__(params, **kwargs)

@@ -2,15 +2,28 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
-from facekd.config import THKD
+from facekd.config import Section
 from facekd.distill.base import DistillBatch, DistillMethod, soft_kl
 from facekd.distill.registry import register
 from facekd.models.heads import cosine_to_centres
 
 
-@register("thkd")
+class THKD(Section):
+    gamma: float = Field(1.0, ge=0.0)
+    beta: float = Field(1.0, ge=0.0)
+    delta: float = Field(0.0, ge=0.0)
+    temperature: float = Field(4.0, gt=0.0)
+
+
+class SHKD(THKD):
+    teacher_epochs: int = Field(2, ge=1, le=100_000)
+    teacher_lr: float = Field(0.01, gt=0.0)
+
+
+@register("thkd", params=THKD)
 class TeacherHeadDistill(DistillMethod):
     """``gamma * CE(student head) + beta * T^2 * KL(softmax(z_t/T) || softmax(z_th/T)) + delta * ||s - t||^2``.
 
@@ -43,8 +56,8 @@ class TeacherHeadDistill(DistillMethod):
         return {"loss": loss, "ce": ce.detach(), "kd": kd.detach(), "embedding": embedding.detach()}
 
 
-@register("shkd")
+@register("shkd", params=SHKD)
 class StudentAwareTeacherDistill(TeacherHeadDistill):
     """``shkd``: the TH-KD loss fed by the student-aware teacher and its head (the pipeline picks them)."""
 
-    teacher_model = "teacher_shkd"  # SH-KD step 2's fine-tuned copy (stage shkd_teacher@shkd)
+    fine_tunes_teacher = True  # SH-KD step 2's copy, models/teacher_shkd (stage student_aware_teacher@shkd)

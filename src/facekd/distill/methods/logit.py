@@ -2,15 +2,21 @@
 from __future__ import annotations
 
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
-from facekd.config import LogitKD
+from facekd.config import Section
 from facekd.distill.base import DistillBatch, DistillMethod, soft_kl
 from facekd.distill.registry import register
 from facekd.models.heads import cosine_to_centres, margin_logits
 
 
-@register("logit")
+class LogitKD(Section):
+    weight: float = Field(1.0, ge=0.0)
+    temperature: float = Field(4.0, gt=0.0)
+
+
+@register("logit", params=LogitKD)
 class LogitDistill(DistillMethod):
     """``CE_student + w * T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``.
 

@@ -2,18 +2,32 @@
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
-from facekd.config import GKD
+from facekd.config import Section
 from facekd.distill.base import DistillBatch, DistillMethod
 from facekd.distill.registry import register
 from facekd.models.heads import cosine_to_centres, margin_logits
 
 
-@register("gkd")
+class GKD(Section):
+    k_mode: Literal["adaptive", "fixed"] = "adaptive"
+    fixed_k: int = Field(10000, ge=1, le=1 << 31)
+    k_step: int = Field(100, ge=1, le=1 << 31)
+    mass: float = Field(0.93, gt=0.0, le=1.0)
+    alpha: float = Field(1.0, ge=0.0)
+    beta: float = Field(8.0, ge=0.0)
+    temperature: float = Field(4.0, gt=0.0)
+    warmup_epochs: float = Field(10.0, ge=0.0)
+    margin: float = Field(0.4, ge=0.0)
+
+
+@register("gkd", params=GKD)
 class GroupedDistill(DistillMethod):
     """``CE(z_s, y) + w(e) * (alpha * Binary-KD + beta * Primary-KD)``; Secondary-KD dropped.
 

@@ -9,7 +9,7 @@ from facekd.distill.base import DistillBatch, DistillMethod
 from facekd.distill.registry import register
 
 
-@register("none")
+@register("none", params=Section)
 class NoDistill(DistillMethod):
     """``CE(margin_softmax(W_s, s), y)`` with ``distill.head``'s kind, scale and margin; ignores the teacher."""
 

@@ -1,18 +1,30 @@
 """``adadistill``: adaptive teacher class centres (AdaDistill, ECCV 2024)."""
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor
 
-from facekd.config import AdaDistillKD
+from facekd.config import Section
 from facekd.distill.base import DistillBatch, DistillMethod
 from facekd.distill.registry import register
 from facekd.distill.sync import all_gather_nograd
 from facekd.models.heads import check_labels, cosine_to_centres, margin_logits
 
 
-@register("adadistill")
+class AdaDistillKD(Section):
+    variant: Literal["alpha", "alpha_prime"] = "alpha_prime"
+    head: Literal["arcface", "cosface"] = "arcface"
+    margin: float = Field(0.45, ge=0.0)
+    init: Literal["normal", "teacher_head"] = "normal"
+    init_std: float = Field(0.01, gt=0.0)
+    repeated_labels: Literal["sequential", "average"] = "sequential"
+
+
+@register("adadistill", params=AdaDistillKD)
 class AdaDistill(DistillMethod):
     """Margin softmax of ``s`` against centres ``c`` that track the teacher's embeddings.
 
