@@ -56,7 +56,8 @@ def _cache(folder: Path, teacher: Any, dataset: Any) -> Any:
     """facekd's teacher-feature cache of ``dataset`` (written, then opened as the stage opens it)."""
     from facekd.data.dataset import FaceDataset
     from facekd.data.training_set import StudentData
-    from facekd.distill.teacher import CachedTeacher, open_cache, write_teacher_features
+    from facekd.distill.teacher import CachedTeacher
+    from facekd.distill.teacher_cache import open_cache, write_teacher_features
 
     # The writer embeds each image and its flip itself: it needs the images unflipped (augment off).
     plain = FaceDataset(dataset.source, seed=dataset.seed, augment=False)

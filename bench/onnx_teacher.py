@@ -1,6 +1,6 @@
 """Issue 17, for the record (no target): teacher-feature cache throughput, ONNX teacher vs PyTorch teacher.
 
-Both sides run :func:`facekd.distill.teacher.write_teacher_features` (what the ``teacher_features``
+Both sides run :func:`facekd.distill.teacher_cache.write_teacher_features` (what the ``teacher_features``
 stage runs) on the same JPEG ``.rec`` of face-like crops: once with the PyTorch backbone, once
 with the same backbone exported by the project's exporter and run by onnxruntime through
 :class:`facekd.models.onnx_backbone.OnnxBackbone`, alternately, so both see the same load.
@@ -40,7 +40,7 @@ def run_setup(setup: Setup) -> list[common.Result]:
 
     from facekd.data.dataset import open_training_data
     from facekd.data.training_set import StudentData
-    from facekd.distill.teacher import write_teacher_features
+    from facekd.distill.teacher_cache import write_teacher_features
     from facekd.export.onnx import export_onnx
     from facekd.models.onnx_backbone import InputConvention, OnnxBackbone
 

@@ -23,7 +23,7 @@ from facekd.mlops.champion import ChampionModel
 ALIGNED = (112, 112, 3)
 BATCH = 64  # images per onnxruntime call: bounded memory for any number of files
 ALIGN_HINT = ("align it first with insightface's 5-point alignment (insightface.utils.face_align.norm_crop, "
-              "or facekd.data.ijb.align_face with the 5 landmarks) to a 112x112 crop")
+              "or facekd.data.ijb_protocol.align_face with the 5 landmarks) to a 112x112 crop")
 
 
 @dataclass(frozen=True)

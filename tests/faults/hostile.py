@@ -201,7 +201,7 @@ def write_protocol(root: Path, name: str = "ijbc") -> Path:
     """A 6-image, 3-template IJB protocol in insightface's layout; returns its template list file."""
     import pandas as pd
 
-    from facekd.data.ijb import ARCFACE_TEMPLATE, write_ijb
+    from facekd.data.ijb_protocol import ARCFACE_TEMPLATE, write_ijb
 
     names = [f"{i}.jpg" for i in range(1, 7)]
     rng = np.random.default_rng(0)

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from facekd.data.bins import decode_bin, load_bin, write_bin
-from facekd.data.ijb import load_ijb
+from facekd.data.ijb_protocol import load_ijb
 from facekd.data.images import decode_image
 from facekd.data.face_rec import FaceRecordFile
 from facekd.errors import DataError

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from facekd.data.folder import scan_identity_folders, scan_unlabeled
-from facekd.data.ijb import load_ijb
+from facekd.data.ijb_protocol import load_ijb
 from facekd.errors import DataError
 
 from tests.faults.conftest import assert_clean_failure, facekd

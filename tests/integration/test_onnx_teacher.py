@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from bench.common import face_like_images
 from bench.int8_latency import fitted_backbone
 from facekd.config import OnnxTeacherParams
-from facekd.distill.teacher import class_mean_centres
+from facekd.distill.teacher_cache import class_mean_centres
 from facekd.errors import ConfigError, DataError
 from facekd.export.onnx import export_onnx, to_input
 from facekd.models.heads import MarginHead

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from facekd.data.bins import write_bin
-from facekd.data.ijb import ARCFACE_TEMPLATE, write_ijb
+from facekd.data.ijb_protocol import ARCFACE_TEMPLATE, write_ijb
 from facekd.data.images import encode_jpeg
 from facekd.data.info import describe
 from facekd.data.face_rec import write_face_rec

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from facekd.data.ijb import ARCFACE_TEMPLATE, align_face, load_ijb, similarity_transform, write_ijb
+from facekd.data.ijb_protocol import ARCFACE_TEMPLATE, align_face, load_ijb, similarity_transform, write_ijb
 from facekd.data.images import encode_jpeg
 from facekd.errors import DataError
 

@@ -11,7 +11,7 @@ from facekd.config import SyntheticData
 from facekd.data import synthetic
 from facekd.data.bins import decode_bin, load_bin
 from facekd.data.folder import scan_identity_folders
-from facekd.data.ijb import ARCFACE_TEMPLATE, load_ijb
+from facekd.data.ijb_protocol import ARCFACE_TEMPLATE, load_ijb
 from facekd.data.images import decode_image
 from facekd.data.face_rec import FaceRecordFile
 from facekd.data.synthfaces_render import render, render_specs, sample_identity

@@ -19,8 +19,8 @@ from facekd.data.images import encode_jpeg
 from facekd.data.face_rec import write_face_rec
 from facekd.data.training_set import StudentData
 from facekd.distill.registry import build_method, methods
-from facekd.distill.teacher import (FP16_SAFE_METHODS, CachedTeacher, DistillObjective, OnlineTeacher,
-                                    check_cache_dtype, open_cache, write_teacher_features)
+from facekd.distill.teacher import CachedTeacher, DistillObjective, OnlineTeacher
+from facekd.distill.teacher_cache import FP16_SAFE_METHODS, check_cache_dtype, open_cache, write_teacher_features
 from facekd.errors import ConfigError, DataError, TrainingError
 from facekd.models.registry import create_backbone
 from facekd.training.batch import StepBatch

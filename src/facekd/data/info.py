@@ -6,7 +6,7 @@ from typing import Any
 
 from facekd.data.bins import load_bin
 from facekd.data.folder import is_image_file, scan_identity_folders, scan_unlabeled
-from facekd.data.ijb import load_ijb, protocol_names
+from facekd.data.ijb_protocol import load_ijb, protocol_names
 from facekd.data.images import decode_image, read_image_file
 from facekd.data.face_rec import FaceRecordFile
 from facekd.errors import DataError

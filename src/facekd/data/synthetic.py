@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from facekd.config import SyntheticData
 from facekd.data.bins import write_bin
-from facekd.data.ijb import write_ijb
+from facekd.data.ijb_protocol import write_ijb
 from facekd.data.face_rec import write_face_rec
 from facekd.data.synthfaces_render import (
     ImageSpec, Shot, identity_fingerprint, init_worker, render_specs, sample_identity,

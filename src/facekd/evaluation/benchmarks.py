@@ -60,7 +60,7 @@ def verification_set(path: Path, embed: Embedder, cfg: EvaluateParams) -> Result
 
 
 def _ijb_images(protocol) -> np.ndarray:
-    from facekd.data.ijb import align_face
+    from facekd.data.ijb_protocol import align_face
     from facekd.data.images import read_image_file
 
     out = np.empty((len(protocol.images), 112, 112, 3), np.uint8)
@@ -70,7 +70,7 @@ def _ijb_images(protocol) -> np.ndarray:
 
 
 def ijb_protocol(root: Path, name: str, embed: Embedder, cfg: EvaluateParams) -> Result:
-    from facekd.data.ijb import load_ijb
+    from facekd.data.ijb_protocol import load_ijb
     from facekd.evaluation import ijb
     from facekd.evaluation.metrics import SortedScores, threshold_report, verification_report
 
@@ -121,7 +121,7 @@ def masked_set(root: Path, embed: Embedder, cfg: EvaluateParams) -> Result:
 
 def benchmarks(eval_dir: Path) -> Iterator[tuple[str, Callable[[Embedder, EvaluateParams], Result]]]:
     """(name, run) for every benchmark present in ``eval_dir``."""
-    from facekd.data.ijb import protocol_names
+    from facekd.data.ijb_protocol import protocol_names
 
     for path in sorted(eval_dir.glob("*.bin")):
         yield path.stem, lambda embed, cfg, path=path: verification_set(path, embed, cfg)

@@ -101,13 +101,8 @@ def _train(params: Params, method: str, dist: Any) -> None:
 def _teacher_setup(params: Params, method: str, data: Any, dist: Any) -> TeacherSide:
     """The teacher of ``method``, fed from its checked cache or run online."""
     from facekd.distill.registry import method_class
-    from facekd.distill.teacher import (
-        CachedTeacher,
-        OnlineTeacher,
-        check_cache_dtype,
-        open_cache,
-        teacher_weights_hash,
-    )
+    from facekd.distill.teacher import CachedTeacher, OnlineTeacher
+    from facekd.distill.teacher_cache import check_cache_dtype, open_cache, teacher_weights_hash
     from facekd.models.store import require_model
 
     name = method_class(method).teacher_model
@@ -132,8 +127,8 @@ def _teacher_setup(params: Params, method: str, data: Any, dist: Any) -> Teacher
 
 def _teacher_head(params: Params, teacher: TeacherSide, method: str, data: Any) -> Any:
     """W_t (C, d): the teacher's trained head, or for an ONNX teacher (no head) the class means of
-    its cached embeddings (:func:`facekd.distill.teacher.class_mean_centres`)."""
-    from facekd.distill.teacher import class_mean_centres, open_cache
+    its cached embeddings (:func:`facekd.distill.teacher_cache.class_mean_centres`)."""
+    from facekd.distill.teacher_cache import class_mean_centres, open_cache
     from facekd.models.store import HEAD_FILE, ONNX_FORMAT, load_head_weight, read_meta
 
     folder = layout.model_dir(teacher.name)

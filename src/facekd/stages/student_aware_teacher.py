@@ -91,7 +91,7 @@ def _frozen_student_head(num_classes: int, dim: int) -> tuple[Any, str]:
 
 def _train(params: Params, method: str, dist: Any) -> None:
     from facekd.data.training_set import student_data
-    from facekd.distill.teacher import teacher_weights_hash
+    from facekd.distill.teacher_cache import teacher_weights_hash
     from facekd.mlops.tracking import NullTracker, Tracker
     from facekd.models.store import load_backbone, require_model
     from facekd.training.loop import fit

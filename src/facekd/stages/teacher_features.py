@@ -22,11 +22,7 @@ def run(params: Params, teacher_name: str) -> None:
     import torch
 
     from facekd.data.training_set import student_data
-    from facekd.distill.teacher import (
-        read_cache_meta,
-        teacher_weights_hash,
-        write_teacher_features,
-    )
+    from facekd.distill.teacher_cache import read_cache_meta, teacher_weights_hash, write_teacher_features
     from facekd.errors import DataError
     from facekd.models.store import ONNX_FORMAT, load_backbone, require_model
 
