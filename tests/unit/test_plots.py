@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import matplotlib.colors
 import numpy as np
 import pytest
 from sklearn.metrics import roc_curve
@@ -58,3 +59,15 @@ def test_bad_curve():
         roc_points(np.array([0.5, 0.1]), np.array([0.2, 0.3]))
     with pytest.raises(DataError, match="equal-length"):
         roc_points(np.array([0.1]), np.array([0.2, 0.3]))
+
+
+def test_bands_are_shaded_in_their_models_colour():
+    far = np.geomspace(1e-3, 1.0, 5)
+    fig = roc_figure({"teacher": _curve(0, shift=3), "student": _curve(1)}, "IJB-C 1:1",
+                     bands={"student": (far, far * 0.5, np.minimum(far * 2, 1.0))})
+    ax = fig.axes[0]
+    (shade,) = ax.collections
+    student = ax.get_lines()[1]
+    assert tuple(shade.get_facecolor()[0][:3]) == pytest.approx(matplotlib.colors.to_rgb(student.get_color()))
+    vertices = shade.get_paths()[0].vertices
+    assert vertices[:, 0].min() == pytest.approx(1e-3) and vertices[:, 1].max() == pytest.approx(1.0)

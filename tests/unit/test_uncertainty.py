@@ -6,7 +6,7 @@ import pytest
 
 from facekd.errors import DataError
 from facekd.evaluation.metrics import SortedScores
-from facekd.evaluation.uncertainty import pair_identities, pair_weights, paired_study
+from facekd.evaluation.uncertainty import pair_identities, pair_weights, paired_study, roc_bands
 
 
 def _tar(s: SortedScores) -> float:
@@ -94,3 +94,25 @@ def test_pair_identities_join_templates_by_genuine_pairs_and_subjects():
     joined = pair_identities(pairs, labels, {20: 7, 21: 7, 31: 8})
     assert joined[2, 0] == joined[2, 1] and joined[4, 0] != joined[4, 1]
     assert joined.shape == pairs.shape and joined.min() == 0
+
+
+FARS = np.geomspace(1e-3, 1.0, 12)
+
+
+def test_roc_bands_hold_the_curve_shrink_with_identities_and_repeat_for_a_copy():
+    bands = {}
+    for n_ids in (40, 640):
+        subjects, labels, scores = _study_data(n_ids)
+        bands[n_ids] = roc_bands(subjects, labels, scores, FARS, n_resamples=200)
+        for name, band in bands[n_ids].items():
+            point = np.fromiter(SortedScores.from_scores(scores[name], labels).tar_at_far(FARS).values(), float)
+            assert band.far.tolist() == sorted(FARS) and (band.low <= band.high).all()
+            assert np.mean((band.low <= point) & (point <= band.high)) >= 0.9, name
+        same, none = bands[n_ids]["same"], bands[n_ids]["none"]
+        np.testing.assert_array_equal(same.low, none.low)  # a copy of a model: the same resamples, the same band
+        np.testing.assert_array_equal(same.high, none.high)
+    width = lambda b: np.nanmean(b["good"].high - b["good"].low)  # noqa: E731
+    assert width(bands[640]) < 0.5 * width(bands[40])
+    subjects, labels, scores = _study_data(40)
+    again = roc_bands(subjects, labels, scores, FARS, n_resamples=200)
+    np.testing.assert_array_equal(again["good"].low, bands[40]["good"].low)

@@ -44,8 +44,12 @@ def roc_points(fpr: np.ndarray, tpr: np.ndarray, n: int = 200) -> list[dict[str,
     return [{"fpr": float(f), "tpr": float(t)} for f, t in zip(fpr, tpr, strict=True)]
 
 
-def roc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str):
-    """One ROC line per model on a log FAR axis (1e-6 .. 1); returns a ``matplotlib.figure.Figure``."""
+def roc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str,
+               bands: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None):
+    """One ROC line per model on a log FAR axis (1e-6 .. 1); returns a ``matplotlib.figure.Figure``.
+
+    bands: model -> (far (F,), low (F,), high (F,)) TAR interval, shaded in the model's colour.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -55,7 +59,10 @@ def roc_figure(curves: Mapping[str, tuple[np.ndarray, np.ndarray]], title: str):
     for name, (fpr, tpr) in curves.items():
         x, y = _curve(fpr, tpr)
         x, y = (x[x > 0], y[x > 0]) if x.size <= _PLOT_POINTS else _downsample(x, y, _PLOT_POINTS)
-        ax.plot(x, y, lw=1.2, label=name)
+        (line,) = ax.plot(x, y, lw=1.2, label=name)
+        if bands and name in bands:
+            far, low, high = bands[name]
+            ax.fill_between(far, low, high, color=line.get_color(), alpha=0.2, lw=0)
     ax.set_xscale("log")
     ax.set_xlim(*FAR_RANGE)
     ax.set_ylim(0.0, 1.0)

@@ -162,10 +162,6 @@ def paired_study(subjects: np.ndarray, labels: np.ndarray, scores: Mapping[str, 
     its float model). The resamples depend on the identities and the seed only, so the models'
     intervals are the same whatever else is in the study.
     """
-    import warnings
-
-    from scipy.stats import bootstrap
-
     subjects, labels = np.asarray(subjects), np.asarray(labels)
     _check(subjects, labels, scores)
     names = list(scores)
@@ -191,11 +187,7 @@ def paired_study(subjects: np.ndarray, labels: np.ndarray, scores: Mapping[str, 
                                 contrasts))
 
     point = {n: metric(SortedScores.from_scores(scores[n], labels)) for n in names}
-    with warnings.catch_warnings():  # scipy warns about NaN readings, which _percentiles leaves out
-        warnings.simplefilter("ignore")
-        result = bootstrap((np.arange(n_subjects),), statistic, n_resamples=n_resamples, confidence_level=confidence,
-                           method="percentile", vectorized=False, rng=np.random.default_rng(seed))
-    dist = result.bootstrap_distribution  # (K, n_resamples)
+    dist = _identity_bootstrap(n_subjects, statistic, n_resamples, confidence, seed)  # (K, n_resamples)
     low, high = _percentiles(dist, confidence)
     values = _vector(point, names, baseline, teacher, with_gap, contrasts)
     rows = [Interval(float(v), float(lo), float(hi)) for v, lo, hi in zip(values, low, high, strict=True)]
@@ -205,6 +197,63 @@ def paired_study(subjects: np.ndarray, labels: np.ndarray, scores: Mapping[str, 
                        gap_closed=dict(zip(with_gap, rows[2 * k:2 * k + len(with_gap)], strict=True)),
                        n_resamples=n_resamples, identities=n_subjects,
                        contrasts=dict(zip(contrasts, rows[2 * k + len(with_gap):], strict=True)))
+
+
+@dataclass(frozen=True)
+class RocBand:
+    """A pointwise interval of one model's ROC: TAR at each FAR of a grid, over identity resamples."""
+
+    far: np.ndarray  # (F,) ascending
+    low: np.ndarray  # (F,) TAR
+    high: np.ndarray  # (F,) TAR
+
+
+def roc_bands(subjects: np.ndarray, labels: np.ndarray, scores: Mapping[str, np.ndarray], fars: Sequence[float], *,
+              n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> dict[str, RocBand]:
+    """Per model, the ``confidence`` band of TAR@FAR (insightface's reading) at each of ``fars``.
+
+    Same resampling as :func:`paired_study` (identities with replacement, one draw shared by all
+    models); pointwise percentile intervals, so the band says how far each point of the curve can
+    move, not where the whole curve lies at once.
+    """
+    subjects, labels = np.asarray(subjects), np.asarray(labels)
+    _check(subjects, labels, scores)
+    grid = np.sort(np.asarray(fars, dtype=np.float64))
+    _, codes = np.unique(subjects, return_inverse=True)
+    codes = codes.reshape(subjects.shape)
+    n_subjects = int(codes.max()) + 1
+    names = list(scores)
+    sorted_scores = {n: _Sorted.of(np.asarray(scores[n], dtype=np.float64), labels) for n in names}
+
+    def statistic(draws: np.ndarray) -> np.ndarray:
+        weights = pair_weights(codes, draws.astype(np.int64), n_subjects)
+        rows = []
+        for n in names:
+            resampled = sorted_scores[n].resampled(weights)
+            if min(resampled.num_genuine, resampled.num_impostor) == 0:
+                rows.append(np.full(grid.size, np.nan))
+            else:
+                rows.append(np.fromiter(resampled.tar_at_far(grid).values(), np.float64, grid.size))
+        return np.concatenate(rows)
+
+    low, high = _percentiles(_identity_bootstrap(n_subjects, statistic, n_resamples, confidence, seed), confidence)
+    return {n: RocBand(grid, low[i * grid.size:(i + 1) * grid.size], high[i * grid.size:(i + 1) * grid.size])
+            for i, n in enumerate(names)}
+
+
+def _identity_bootstrap(n_subjects: int, statistic: Callable[[np.ndarray], np.ndarray], n_resamples: int,
+                        confidence: float, seed: int) -> np.ndarray:
+    """(K, n_resamples): the vector ``statistic`` of identity draws (indices, with replacement), by
+    scipy's ``stats.bootstrap``; readings a resample cannot give are NaN, left out by :func:`_percentiles`."""
+    import warnings
+
+    from scipy.stats import bootstrap
+
+    with warnings.catch_warnings():  # scipy warns about the NaN readings
+        warnings.simplefilter("ignore")
+        result = bootstrap((np.arange(n_subjects),), statistic, n_resamples=n_resamples, confidence_level=confidence,
+                           method="percentile", vectorized=False, rng=np.random.default_rng(seed))
+    return np.atleast_2d(result.bootstrap_distribution)
 
 
 def _vector(values: Mapping[str, float], names: Sequence[str], baseline: str, teacher: str | None,
@@ -219,12 +268,15 @@ def _vector(values: Mapping[str, float], names: Sequence[str], baseline: str, te
 
 def _percentiles(dist: np.ndarray, confidence: float) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval per row, ignoring resamples where a value is undefined (NaN)."""
+    import warnings
+
     tail = (1.0 - confidence) / 2.0 * 100.0
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():  # a row no resample can read (TAR@FAR below 1/impostors) is NaN, not a warning
+        warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanpercentile(dist, tail, axis=1), np.nanpercentile(dist, 100.0 - tail, axis=1)
 
 
-def _scored_pairs(root: Path, name: str, bench: str) -> PairScores | None:
+def scored_pairs(root: Path, name: str, bench: str) -> PairScores | None:
     """``name``'s scored pairs of ``bench`` from ``root/<name>.npz``; None (logged) when absent."""
     path = root / f"{name}.npz"
     if not path.is_file():  # not evaluated, or evaluated before facekd saved scored pairs
@@ -255,7 +307,7 @@ def gate_study(models: tuple[str, ...], gate: str, cfg: BootstrapParams, baselin
     far = float(key.removeprefix("tar@far="))
     pairs = {}
     for name in models:
-        found = _scored_pairs(root, name, bench)
+        found = scored_pairs(root, name, bench)
         if found is None:
             log.info("no intervals: rerun `dvc repro evaluate@%s`", name)
             return None
@@ -263,7 +315,7 @@ def gate_study(models: tuple[str, ...], gate: str, cfg: BootstrapParams, baselin
     kept = {}
     for label, (a, b) in (contrasts or {}).items():
         for name in (a, b):
-            if name not in pairs and (found := _scored_pairs(root, name, bench)) is not None:
+            if name not in pairs and (found := scored_pairs(root, name, bench)) is not None:
                 pairs[name] = found
         if a in pairs and b in pairs:
             kept[label] = (a, b)

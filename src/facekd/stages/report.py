@@ -2,10 +2,11 @@
 
 Reads ``metrics/eval/*.json`` and ``plots/roc/*.json``; writes ``reports/leaderboard.md``,
 ``reports/leaderboard.html``, ``reports/leaderboard.png`` (gate metric per model, bars) and
-``reports/roc_all.png`` (IJB-style ROC of every model) and ``reports/leaderboard.txt`` (the
-columns that fit a terminal, which ``facekd summary`` prints); and what DVC shows:
-``metrics/headline.json`` (facekd.evaluation.headline) and ``plots/roc_by_benchmark/``
-(facekd.evaluation.dvcplots).
+``reports/roc_all.png`` (IJB-style ROC of every model, 95% bands for the teacher, ``none`` and the
+top students) and ``reports/leaderboard.txt`` (the columns that fit a terminal, which ``facekd
+summary`` prints); and what DVC shows: ``metrics/headline.json`` (facekd.evaluation.headline) and
+``plots/roc_by_benchmark/`` (facekd.evaluation.dvcplots). An MLflow run ``report`` holds the gate
+metric per model with its interval, and the pages and plots as artifacts.
 """
 from __future__ import annotations
 
@@ -283,7 +284,13 @@ def _other_tar_metrics(gate: str) -> list[str]:
     return [f"{bench}.{key}" for key in HEADLINE["ijb"] if key.startswith("tar@far=") and f"{bench}.{key}" != gate]
 
 
-def _roc_all(models: tuple[str, ...], gate: str, path: Path) -> None:
+BANDED_STUDENTS = 2  # the best students by the gate metric get an interval band, beside teacher and `none`
+BAND_POINTS = 30  # FAR grid of a band, log-spaced
+
+
+def _roc_all(models: tuple[str, ...], gate: str, path: Path, board: pd.DataFrame, cfg: Any) -> list[str]:
+    """Every model's ROC on the gate benchmark, with 95% bands for the teacher, `none` and the top
+    students (:func:`facekd.evaluation.uncertainty.roc_bands`); returns the banded models."""
     from facekd.evaluation.plots import roc_figure, save_png
 
     bench = gate.split(".", 1)[0]
@@ -293,7 +300,48 @@ def _roc_all(models: tuple[str, ...], gate: str, path: Path) -> None:
         pts = [p for p in points if p["benchmark"] == bench]
         if pts:
             curves[name] = (np.array([p["fpr"] for p in pts]), np.array([p["tpr"] for p in pts]))
-    save_png(roc_figure(curves, f"ROC on {bench}, every model"), path)
+    bands = _roc_bands(_banded_models(board), bench, cfg)
+    title = f"ROC on {bench}, every model" + (" (shaded: 95% bands over identities)" if bands else "")
+    save_png(roc_figure(curves, title, bands), path)
+    return sorted(bands)
+
+
+def _banded_models(board: pd.DataFrame) -> list[str]:
+    students = [m for m in board.index if m not in ("teacher", "none") and not m.endswith(layout.INT8_SUFFIX)]
+    return [m for m in ("teacher", "none") if m in board.index] + students[:BANDED_STUDENTS]
+
+
+def _roc_bands(models: list[str], bench: str, cfg: Any) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """model -> (far, low, high) from the scored pairs; {} when intervals are off or pairs are missing."""
+    from facekd.evaluation.plots import FAR_RANGE
+    from facekd.evaluation.uncertainty import roc_bands, scored_pairs
+
+    pairs = {name: scored_pairs(layout.SCORES, name, bench) for name in models} if cfg.resamples else {}
+    if not pairs or any(p is None for p in pairs.values()):
+        return {}
+    first = next(iter(pairs.values()))
+    impostors = int((first.labels == 0).sum())
+    # Below ~10 false accepts a reading is one or two impostor pairs: no band there.
+    fars = np.geomspace(max(FAR_RANGE[0], 10.0 / max(impostors, 1)), 1.0, BAND_POINTS)
+    found = roc_bands(first.subjects, first.labels, {n: p.scores for n, p in pairs.items()}, fars,
+                      n_resamples=cfg.resamples, confidence=cfg.confidence, seed=cfg.seed)
+    return {n: (band.far, band.low, band.high) for n, band in found.items()}
+
+
+def _log_to_mlflow(params: Params, board: pd.DataFrame, gate: str, banded: list[str]) -> None:
+    """A ``report`` run: the gate metric per model with its interval, and the pages and plots as artifacts."""
+    from facekd.mlops.tracking import Tracker, metric_name
+
+    columns = {f"gate: {gate}": "", "gate low": ".ci_low", "gate high": ".ci_high", "vs none": ".vs_none"}
+    metrics = {metric_name(f"gate.{model}{suffix}"): float(board.loc[model, column])
+               for model in board.index for column, suffix in columns.items()
+               if column in board.columns and np.isfinite(board.loc[model, column])}
+    tracker = Tracker.from_params(params.tracking, stage="report")
+    tracker.start("report", {}, {"facekd.gate_metric": gate, "facekd.roc_bands": ",".join(banded)}, {})
+    tracker.log_metrics(metrics, step=0)
+    for path in (layout.LEADERBOARD_PNG, layout.ROC_ALL_PNG, layout.LEADERBOARD_HTML, layout.LEADERBOARD_MD):
+        tracker.log_artifact(path, "report")
+    tracker.end("FINISHED")
 
 
 def run(params: Params) -> pd.DataFrame:
@@ -314,8 +362,9 @@ def run(params: Params) -> pd.DataFrame:
     write_text(layout.LEADERBOARD_MD, _markdown(board, gate, study))
     write_text(layout.LEADERBOARD_TEXT, _terminal(board, gate, study))
     _bar_chart(board, gate, layout.LEADERBOARD_PNG)
-    _roc_all(models, gate, layout.ROC_ALL_PNG)
+    banded = _roc_all(models, gate, layout.ROC_ALL_PNG, board, params.evaluate.bootstrap)
     images = {"Gate metric per model": layout.LEADERBOARD_PNG, f"ROC on {gate.split('.', 1)[0]}": layout.ROC_ALL_PNG}
     write_text(layout.LEADERBOARD_HTML, _html(board, gate, study, images))
+    _log_to_mlflow(params, board, gate, banded)
     log.info("leaderboard:\n%s", board.to_string(float_format=lambda v: f"{v:.4f}"))
     return board
