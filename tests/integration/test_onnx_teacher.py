@@ -95,6 +95,17 @@ def test_onnx_backbone_equals_the_pytorch_model(exported) -> None:
     assert (info.batch, info.dim, info.normalizes_inside) == (None, 32, False)
 
 
+def test_facekd_input_is_fed_as_it_is_and_matches_the_pixel_round_trip(exported) -> None:
+    """facekd's own convention skips the 0..255 round trip; any other mean/std takes it (same numbers)."""
+    path, _ = exported
+    x = torch.from_numpy(face_like_images(4, seed=5)).permute(0, 3, 1, 2).float().sub(127.5).div(127.5)
+    own = OnnxBackbone(path, InputConvention(normalization="outside"))
+    detour = OnnxBackbone(path, InputConvention(normalization="outside", mean=127.5 + 1e-9))
+    assert own.takes_facekd_input and not detour.takes_facekd_input
+    np.testing.assert_array_equal(own.model_input(x), x.numpy())
+    np.testing.assert_allclose(detour.model_input(x), own.model_input(x), atol=1e-6)
+
+
 @pytest.mark.parametrize(("variant", "right", "wrong"), [
     (_bgr_variant, InputConvention(color="bgr"), InputConvention(color="rgb")),
     (_normalizing_variant, InputConvention(normalization="auto"), InputConvention(normalization="outside")),

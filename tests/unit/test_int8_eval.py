@@ -27,17 +27,19 @@ def test_the_int8_copy_is_named_beside_its_float_parent():
 
 def test_agreement_embedder_returns_int8_features_and_measures_each_input():
     rng = np.random.default_rng(0)
-    float_feats = rng.normal(size=(5, 8)).astype(np.float32)  # (N, 2d): 5 images, d = 4, [image, mirror]
-    int8_feats = float_feats.copy()
-    int8_feats[2, 4:] = -int8_feats[2, 4:]  # image 2's mirror embedding flipped: cosine -1
+    int8_feats = rng.normal(size=(5, 8)).astype(np.float32)  # (N, 2d): 5 images, d = 4, [image, mirror]
+    float_feats = int8_feats[:, :4].copy()  # (N, d): the images alone
+    float_feats[2] = -float_feats[2]  # image 2's float embedding points the other way: cosine -1
+    int8_feats[3, 4:] = 0.0  # a mirror's embedding is not compared
     embed = AgreementEmbedder(lambda name, images: int8_feats, lambda name, images: float_feats)
     assert embed("synth_lfw", np.zeros((5, 112, 112, 3), np.uint8)) is int8_feats
     summary = embed.summary("exports/x.onnx")
-    assert summary["images"] == 10 and summary["min"] == pytest.approx(-1.0) and summary["median"] == pytest.approx(1.0)
-    assert summary["per_benchmark"]["synth_lfw"]["images"] == 10 and summary["reference"] == "exports/x.onnx"
-    other = AgreementEmbedder(lambda n, i: int8_feats[:, :6], lambda n, i: float_feats[:, :6])
-    with pytest.raises(DataError, match="INT8 features"):
-        AgreementEmbedder(lambda n, i: int8_feats, lambda n, i: float_feats[:4])("ijb", None)
+    assert summary["images"] == 5 and summary["min"] == pytest.approx(-1.0) and summary["median"] == pytest.approx(1.0)
+    assert summary["per_benchmark"]["synth_lfw"]["images"] == 5 and summary["reference"] == "exports/x.onnx"
+    other = AgreementEmbedder(lambda n, i: int8_feats[:, :6], lambda n, i: float_feats[:, :3])
+    for wrong in (float_feats[:4], int8_feats):  # other images; [image, mirror] where the images alone belong
+        with pytest.raises(DataError, match="INT8 features"):
+            AgreementEmbedder(lambda n, i: int8_feats, lambda n, i, w=wrong: w)("ijb", None)
     assert other("a", None).shape == (5, 6)
     with pytest.raises(DataError, match="no images were embedded"):
         AgreementEmbedder(lambda n, i: int8_feats, lambda n, i: float_feats).summary("x")

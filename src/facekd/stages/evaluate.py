@@ -58,15 +58,17 @@ def run(params: Params, model_name: str, *, int8: bool = False) -> dict:
     return metrics
 
 
-def _cached(cache_dir: Path, file_hash: str, model: nn.Module, batch_size: int) -> Embedder:
-    """embed(name, images) through ``model``, cached under ``cache_dir`` by model file and images."""
+def _cached(cache_dir: Path, file_hash: str, model: nn.Module, batch_size: int, *, flip: bool = True) -> Embedder:
+    """embed(name, images) through ``model`` ((N, 2d) [image, mirror], or (N, d) without ``flip``),
+    cached under ``cache_dir`` by model file, flip and images."""
     from facekd.evaluation.embed import EmbeddingCache, embed_images
 
     cache = EmbeddingCache(cache_dir)
+    file_key = file_hash if flip else f"{file_hash}:no-flip"
 
     def embed(name: str, images: np.ndarray) -> np.ndarray:
-        return cache.get_or_compute(EmbeddingCache.key(file_hash, name, images),
-                                    lambda: embed_images(model, images, batch_size=batch_size))
+        return cache.get_or_compute(EmbeddingCache.key(file_key, name, images),
+                                    lambda: embed_images(model, images, batch_size=batch_size, flip=flip))
     return embed
 
 
@@ -114,7 +116,8 @@ def _int8(params: Params, model_name: str) -> tuple[dict, dict, Any]:
     batch, cache_dir = params.evaluate.batch_size, layout.EVAL_FEATURES / layout.int8_name(model_name)
     embed = AgreementEmbedder(
         _cached(cache_dir, checkpoint_hash(quantized_file), OnnxBackbone(quantized_file, convention, threads), batch),
-        _cached(cache_dir, checkpoint_hash(float_file), OnnxBackbone(float_file, convention, threads), batch))
+        _cached(cache_dir, checkpoint_hash(float_file), OnnxBackbone(float_file, convention, threads), batch,
+                flip=False))
     header = {**_header(model_name, meta), "precision": "int8", "onnx": str(quantized_file),
               "onnx_sha256": checkpoint_hash(quantized_file, length=64)}
     return meta, header, embed
