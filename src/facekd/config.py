@@ -196,6 +196,10 @@ class DistillSettings(Section):
     optim: OptimParams = OptimParams()
     teacher_source: Literal["cache", "online"] = "cache"
     cache_dtype: Literal["float32", "float16"] = "float32"
+    # Students per method, trained under seeds seed, seed + 1, ...: the first is models/<method>
+    # (evaluated on every benchmark, exported, registered); the others (models/<method>/seeds/<s>)
+    # are scored on the gate benchmark, so the leaderboard gives a mean and spread over seeds.
+    seeds: int = Field(1, ge=1, le=100)
     # Methods that fine-tune a copy of the teacher first (SH-KD; stages student_aware_teacher@<m>
     # -> student_aware_features@<m> -> distill_student_aware@<m>); [] leaves them out (required
     # with an ONNX teacher).
@@ -312,6 +316,11 @@ class ParamsBase(Section):
     registry: RegistryParams = Field(default_factory=RegistryParams)
     tracking: TrackingParams = Field(default_factory=TrackingParams)
     schedule: ScheduleParams = Field(default_factory=ScheduleParams)
+
+    def student_seeds(self) -> list[int]:
+        """Every student's training seeds: ``seed``, ``seed + 1``, ... (``distill.seeds`` of them); the
+        first trains ``models/<method>``."""
+        return [self.seed + k for k in range(self.distill.seeds)]
 
     @model_validator(mode="after")
     def _known_models(self) -> ParamsBase:

@@ -58,6 +58,21 @@ def model_dir(name: str) -> Path:
     return MODELS / name
 
 
+def seed_model_dir(model: str, seed: int) -> Path:
+    """``models/<model>/seeds/<seed>``: the student trained under another seed (``distill.seeds``),
+    inside its first seed's DVC output."""
+    return model_dir(model) / "seeds" / str(seed)
+
+
+def seed_train_metrics_file(model: str, seed: int) -> Path:
+    """That student's training summary, in its folder (``metrics/train/`` holds one file per stage)."""
+    return seed_model_dir(model, seed) / "train_metrics.json"
+
+
+def seed_checkpoint_dir(model: str, seed: int) -> Path:
+    return checkpoint_dir(model) / "seeds" / str(seed)
+
+
 def features_dir(teacher: str) -> Path:
     """``features/<teacher>``: the teacher's embeddings of every training image and its flip."""
     return FEATURES / teacher

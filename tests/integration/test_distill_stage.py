@@ -146,6 +146,30 @@ def test_rerun_of_a_finished_student_does_nothing(project: Path, tmp_path: Path)
 
 
 @pytest.mark.slow
+def test_seeds_train_in_one_stage_into_the_first_seeds_folder(project: Path, tmp_path: Path) -> None:
+    _link(project, tmp_path, "data/prepared", "models/teacher", "features/teacher")
+    params = _params(project, distill={"seeds": 3})  # seed 1: models/feature; seeds 2 and 3 inside it
+    distill.run(params, "feature")
+    first, *others = (load_backbone(f) for f in ("models/feature", "models/feature/seeds/2", "models/feature/seeds/3"))
+    assert [meta["seed"] for _, meta in (first, *others)] == [1, 2, 3]
+    weights = [next(iter(model.state_dict().values())) for model, _ in (first, *others)]
+    assert not torch.equal(weights[0], weights[1]) and not torch.equal(weights[1], weights[2])
+    assert _read("metrics/train/feature.json")["steps"] == 3
+    assert _read("models/feature/seeds/3/train_metrics.json")["steps"] == 3
+    state = load_checkpoint("checkpoints/students/feature/seeds/2/last.pt")
+    assert state["config"]["seed"] == 2 and state["step"] == 3
+    run = MlflowClient(params.tracking.uri).get_run(state["mlflow_run_id"])
+    assert run.info.run_name == "distill-feature-seed2" and run.data.tags["dvc.stage"] == "distill@feature"
+    first_run = MlflowClient(params.tracking.uri).get_run(first[1]["mlflow_run_id"])
+    logged = {a.path for a in MlflowClient(params.tracking.uri).list_artifacts(first_run.info.run_id, "model")}
+    assert logged == {"model/backbone.pt", "model/meta.json"}  # the model's files, not the other seeds'
+
+    mtime = Path("checkpoints/students/feature/seeds/3/last.pt").stat().st_mtime_ns
+    distill.run(params, "feature")  # finished: every seed confirmed, none retrained
+    assert Path("checkpoints/students/feature/seeds/3/last.pt").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.slow
 def test_cached_and_online_teacher_train_the_same_student(project: Path, tmp_path: Path) -> None:
     losses = {}
     for source in ("cache", "online"):

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from facekd.config import BootstrapParams, load_params
@@ -196,3 +197,34 @@ def test_terminal_table_fits_a_screen(tmp_path, monkeypatch):
     text = (tmp_path / "reports/leaderboard.txt").read_text()
     assert max(len(line) for line in text.splitlines()) <= 120 and "](" not in text  # no image links
     assert "vs none (paired)" in text and "good" in text and "[" in text
+
+
+def _add_seeds(root: Path, seeds: dict[str, list[float]]) -> None:
+    """Evaluate's ``seeds`` (the gate metric per training seed) in each student's metrics, the first
+    seed being the model's own value."""
+    for name, others in seeds.items():
+        path = root / "metrics/eval" / f"{name}.json"
+        metrics = json.loads(path.read_text())
+        first = metrics["ijb"]["tar@far=1e-3"]
+        metrics["seeds"] = {str(k): v for k, v in enumerate([first, *(first + d for d in others)])}
+        path.write_text(json.dumps(metrics))
+
+
+def test_seeds_give_a_mean_and_spread_order_the_board_and_tie_what_they_do_not_separate(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _write_run(tmp_path)
+    # `same` scores as `none` on the first seed but far better on two others: its mean leads, yet
+    # its interval overlaps none's (no rank over it) and its seeds do not beat good's.
+    _add_seeds(tmp_path, {"none": [0.005, -0.005], "good": [0.01, -0.01], "same": [0.9, 0.9]})
+    board = report.run(_params())
+    gate = "gate: ijb.tar@far=1e-3"
+    assert board.loc["good", "gate low"] > board.loc["none", "gate high"]  # the bootstrap separates them
+    assert list(board.index) == ["teacher", "same", "good", "none"]  # by the mean over seeds
+    assert board.loc["good", "seeds n"] == 3 and board.loc["good", "seeds mean"] == pytest.approx(board.loc["good", gate])
+    assert board.loc["good", "seeds sd"] == pytest.approx(0.01)
+    assert pd.isna(board.loc["teacher", "rank"]) and board.loc[["same", "good", "none"], "rank"].tolist() == [1, 1, 2]
+    md = (tmp_path / "reports/leaderboard.md").read_text()
+    assert "mean over training seeds" in md and "Welch t-test over seeds" in md
+    good_row = next(line for line in md.splitlines() if line.startswith("| good"))
+    assert f"{100 * board.loc['good', gate]:.2f} ± 1.00 (3)" in good_row
+    assert "over seeds" in (tmp_path / "reports/leaderboard.txt").read_text()

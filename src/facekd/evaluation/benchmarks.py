@@ -161,3 +161,18 @@ def score_all(eval_dir: Path, embed: Embedder, cfg: EvaluateParams, model: str) 
         if pairs:
             pairs[0].save(scored.pairs, name)
     return scored
+
+
+def score_gate(eval_dir: Path, embed: Embedder, cfg: EvaluateParams, gate_metric: str) -> float:
+    """The gate metric alone (``ijb.tar@far=1e-3``: the ``ijb`` benchmark only); NaN where that
+    operating point is unsupported. DataError when ``eval_dir`` has no such benchmark."""
+    from facekd.mlops.evidence import lookup
+
+    name = gate_metric.split(".", 1)[0]
+    bench = dict(benchmarks(eval_dir)).get(name)
+    if bench is None:
+        raise DataError(f"{eval_dir}: no benchmark '{name}' for the gate metric {gate_metric} "
+                        "(registry.gate_metric); run the prepare stage or choose a metric of a set that is there")
+    metrics, *_ = bench(embed, cfg)
+    value = lookup({name: metrics}, gate_metric)
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("nan")

@@ -6,7 +6,10 @@ a method of ``distill.head_sharing``: its student-aware ``models/teacher_<method
 (or runs the teacher online when ``distill.teacher_source`` is ``online``). Trains
 ``distill.student`` through :func:`facekd.training.loop.fit`, resuming from
 ``checkpoints/students/<method>/``; writes ``models/<method>/`` (backbone.pt, head.pt when the
-method has its own margin head, meta.json) and ``metrics/train/<method>.json``.
+method has its own margin head, meta.json) and ``metrics/train/<method>.json``. With
+``distill.seeds`` > 1 the same process then trains the student under the next seeds, each into
+``models/<method>/seeds/<seed>/`` (checkpoints ``checkpoints/students/<method>/seeds/<seed>/``,
+its training summary ``train_metrics.json`` beside it).
 """
 from __future__ import annotations
 
@@ -65,6 +68,18 @@ def run(params: Params, method: str) -> None:
 
 def _train(params: Params, method: str, dist: Any) -> None:
     from facekd.data.training_set import student_data
+    from facekd.distill.registry import method_class
+
+    data = student_data(params)
+    check_method(params, method, data.num_classes > 0, data.where)
+    teacher = _teacher_setup(params, method, data, dist) if method_class(method).teacher_model else None
+    # One process trains every seed: the data, the teacher's cache and the imports are paid once.
+    for seed in params.student_seeds():
+        _train_seed(params, method, seed, data, teacher, dist)
+
+
+def _train_seed(params: Params, method: str, seed: int, data: Any, teacher: TeacherSide | None, dist: Any) -> None:
+    """Train (or resume, or confirm finished) ``method``'s student under ``seed`` and write it."""
     from facekd.distill.registry import build_method, method_class
     from facekd.distill.teacher import DistillObjective
     from facekd.mlops.tracking import NullTracker, Tracker
@@ -72,13 +87,10 @@ def _train(params: Params, method: str, dist: Any) -> None:
     from facekd.training.loop import fit
     from facekd.training.sampling import seed_everything
 
-    data = student_data(params)
-    check_method(params, method, data.num_classes > 0, data.where)
     distill = params.distill
     section = getattr(distill, method)
-    teacher = _teacher_setup(params, method, data, dist) if method_class(method).teacher_model else None
-
-    seed_everything(params.seed)
+    primary = seed == params.seed
+    seed_everything(seed)
     s = distill.student
     backbone = create_backbone(s.arch, embedding_size=s.embedding_size, width=s.width, dropout=s.dropout, fp16=s.fp16)
     head_weight = None
@@ -88,14 +100,15 @@ def _train(params: Params, method: str, dist: Any) -> None:
         method, distill, num_classes=data.num_classes, student_dim=s.embedding_size,
         teacher_dim=teacher.dim if teacher else s.embedding_size, teacher_head=head_weight))
 
-    config = run_config(params, method, data.data_hash, teacher)
+    config = run_config(params, method, data.data_hash, teacher, seed)
     stage = layout.training_stage(method, distill.head_sharing)
     tracker = Tracker.from_params(params.tracking, stage=stage) if dist.is_main else NullTracker()
-    result = fit(run_name=f"distill-{method}", backbone=backbone, objective=objective, dataset=data.dataset,
-                 optim=distill.optim, run_dir=layout.checkpoint_dir(method), config=config, seed=params.seed,
-                 tracker=tracker, extra_batch_fn=teacher.feed if teacher else None, dist=dist)
+    run_dir = layout.checkpoint_dir(method) if primary else layout.seed_checkpoint_dir(method, seed)
+    result = fit(run_name=f"distill-{method}" if primary else f"distill-{method}-seed{seed}", backbone=backbone,
+                 objective=objective, dataset=data.dataset, optim=distill.optim, run_dir=run_dir, config=config,
+                 seed=seed, tracker=tracker, extra_batch_fn=teacher.feed if teacher else None, dist=dist)
     if dist.is_main:
-        _write_outputs(params, method, data, teacher, backbone, objective, result, tracker)
+        _write_outputs(params, method, seed, data, teacher, backbone, objective, result, tracker)
 
 
 def _teacher_setup(params: Params, method: str, data: Any, dist: Any) -> TeacherSide:
@@ -145,7 +158,8 @@ def _teacher_head(params: Params, teacher: TeacherSide, method: str, data: Any) 
     )
 
 
-def run_config(params: Params, method: str, data_hash: str, teacher: TeacherSide | None) -> dict[str, Any]:
+def run_config(params: Params, method: str, data_hash: str, teacher: TeacherSide | None,
+               seed: int | None = None) -> dict[str, Any]:
     """What defines a student run (hashed into its checkpoints; a change refuses to resume).
 
     Keys follow params.yaml (``distill.<method>.tau``), so MLflow shows the method's params by
@@ -161,7 +175,8 @@ def run_config(params: Params, method: str, data_hash: str, teacher: TeacherSide
         "optim": optim,
         method: getattr(distill, method).model_dump(mode="json"),
     }
-    config: dict[str, Any] = {"seed": params.seed, "method": method, "distill": section, "data_hash": data_hash}
+    seed = params.seed if seed is None else seed
+    config: dict[str, Any] = {"seed": seed, "method": method, "distill": section, "data_hash": data_hash}
     if teacher is not None:
         section["teacher_source"] = distill.teacher_source
         if distill.teacher_source == "cache":
@@ -170,14 +185,17 @@ def run_config(params: Params, method: str, data_hash: str, teacher: TeacherSide
     return config
 
 
-def _write_outputs(params: Params, method: str, data: Any, teacher: TeacherSide | None, backbone: Any,
+def _write_outputs(params: Params, method: str, seed: int, data: Any, teacher: TeacherSide | None, backbone: Any,
                    objective: Any, result: dict[str, Any], tracker: Any) -> None:
+    """``models/<method>`` and ``metrics/train/<method>.json`` for the first seed; for another seed
+    ``models/<method>/seeds/<seed>`` with its ``train_metrics.json``."""
     from facekd.training.outputs import publish_trained_model
 
     head = objective.student_head()
     meta: dict[str, Any] = {
         "role": "student",
         "method": method,
+        "seed": seed,
         "data_hash": data.data_hash,
         "distill_params": getattr(params.distill, method).model_dump(mode="json"),
         "trained_steps": result["step"],
@@ -188,7 +206,10 @@ def _write_outputs(params: Params, method: str, data: Any, teacher: TeacherSide 
                  "teacher_source": params.distill.teacher_source}
     if head is not None:
         meta["head"] = {"type": head.kind, "scale": head.scale, "margin": head.margin}
-    metrics = publish_trained_model(layout.model_dir(method), layout.train_metrics_file(method), backbone, meta,
-                                    head.weight.detach().cpu() if head else None, result, tracker)
-    log.info("distill %s: %d steps, final loss %s, %.1f img/s -> %s", method, result["step"], metrics["loss"],
-             result["img_per_s"], layout.model_dir(method))
+    primary = seed == params.seed
+    folder = layout.model_dir(method) if primary else layout.seed_model_dir(method, seed)
+    metrics_file = layout.train_metrics_file(method) if primary else layout.seed_train_metrics_file(method, seed)
+    metrics = publish_trained_model(folder, metrics_file, backbone, meta, head.weight.detach().cpu() if head else None,
+                                    result, tracker)
+    log.info("distill %s (seed %d): %d steps, final loss %s, %.1f img/s -> %s", method, seed, result["step"],
+             metrics["loss"], result["img_per_s"], folder)

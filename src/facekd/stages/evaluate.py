@@ -11,6 +11,10 @@ metrics also hold the cosine of every evaluated image's INT8 embedding to the fl
 Embeddings are cached per model file + benchmark + content hash of the images embedded, so
 re-scoring does not re-embed, and a benchmark replaced under the same name is embedded afresh. The
 INT8 copy keeps its cache in its own folder (``features/eval/<model>.int8``).
+
+With ``distill.seeds`` > 1 a student's metrics also hold ``seeds``: its gate metric under every
+training seed (``models/<model>/seeds/<seed>`` scored on the gate benchmark only), which the
+report turns into a mean and spread over seeds.
 """
 from __future__ import annotations
 
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+SEEDS_KEY = "seeds"  # a student's gate metric per training seed: {"0": 0.21, "1": 0.18, ...}
 
 
 def run(params: Params, model_name: str, *, int8: bool = False) -> dict:
@@ -48,6 +53,8 @@ def run(params: Params, model_name: str, *, int8: bool = False) -> dict:
         name, (meta, header, embed) = model_name, _pytorch(params, model_name)
     scored = score_all(Path(params.data.eval_dir), embed, params.evaluate, name)
     metrics = {**header, **scored.metrics}
+    if not int8 and not layout.is_teacher(model_name) and params.distill.seeds > 1:
+        metrics[SEEDS_KEY] = _other_seeds(params, model_name, metrics)
     if int8:
         metrics[COSINE_KEY] = embed.summary(str(layout.onnx_path(model_name)))
         cos = metrics[COSINE_KEY]
@@ -91,6 +98,32 @@ def _pytorch(params: Params, model_name: str) -> tuple[dict, dict, Embedder]:
     key = checkpoint_hash(weights) + str(meta.get("input", ""))
     embed = _cached(layout.EVAL_FEATURES / model_name, key, model, params.evaluate.batch_size)
     return meta, _header(model_name, meta), embed
+
+
+def _other_seeds(params: Params, model_name: str, metrics: dict) -> dict[str, float]:
+    """The gate metric of the student under every training seed (``distill.seeds``): the first from
+    ``metrics``, the others scored here on the gate benchmark only."""
+    from facekd.evaluation.benchmarks import score_gate
+    from facekd.evaluation.embed import checkpoint_hash
+    from facekd.mlops.evidence import lookup
+    from facekd.models.store import BACKBONE_FILE, load_backbone
+
+    gate = params.registry.gate_metric
+    first, *others = params.student_seeds()
+    value = lookup(metrics, gate)
+    values = {str(first): float(value) if isinstance(value, (int, float)) else float("nan")}
+    for seed in others:
+        folder = layout.seed_model_dir(model_name, seed)
+        if not (folder / BACKBONE_FILE).is_file():
+            raise DataError(f"{folder}: no student trained under seed {seed} (distill.seeds is "
+                            f"{params.distill.seeds}); run `dvc repro "
+                            f"{layout.training_stage(model_name, params.distill.head_sharing)}`")
+        model, _ = load_backbone(folder)
+        embed = _cached(layout.EVAL_FEATURES / model_name, checkpoint_hash(folder / BACKBONE_FILE), model,
+                        params.evaluate.batch_size)
+        values[str(seed)] = score_gate(Path(params.data.eval_dir), embed, params.evaluate, gate)
+        log.info("%s, seed %d: %s %.4f", model_name, seed, gate, values[str(seed)])
+    return values
 
 
 def _int8(params: Params, model_name: str) -> tuple[dict, dict, Any]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,7 @@ def leaderboard(metrics: dict[str, dict], gate: str, study: Any = None, int8: di
             if kind == "bin" and "accuracy_std" in values:  # the protocol's own spread over its 10 folds
                 row[f"{bench} accuracy fold_std"] = values["accuracy_std"]
         row[f"gate: {gate}"] = _lookup(m, gate)
+        row.update(_seed_columns(m))
         rows.append(row)
     board = pd.DataFrame(rows).set_index("model")
     gate_col = f"gate: {gate}"
@@ -92,12 +94,47 @@ def leaderboard(metrics: dict[str, dict], gate: str, study: Any = None, int8: di
         board[f"{col} ci_high"] = [other.models[n].high if n in other.models else np.nan for n in board.index]
     if int8:
         board = _with_int8(board, gate, int8, study)
-    students = board.drop(index="teacher", errors="ignore").sort_values(gate_col, ascending=False)
-    return pd.concat([board.loc[["teacher"]] if "teacher" in board.index else None, students])
+    students = board.drop(index="teacher", errors="ignore")
+    # the ranking is by the mean over seeds where there are several, else by the one value
+    order = students["seeds mean"].fillna(students[gate_col]) if "seeds mean" in students else students[gate_col]
+    students = students.loc[order.sort_values(ascending=False, kind="stable").index]
+    board = pd.concat([board.loc[["teacher"]] if "teacher" in board.index else None, students])
+    if "gate low" in board.columns:
+        board["rank"] = pd.Series(_ranks(students, metrics), dtype="Int64")
+    return board
+
+
+def _seed_columns(metrics: dict) -> dict[str, float]:
+    """Mean, standard deviation and count of the gate metric over training seeds (evaluate's ``seeds``)."""
+    from facekd.evaluation.ranking import seed_summary
+
+    if not isinstance(metrics.get("seeds"), dict) or len(metrics["seeds"]) < 2:
+        return {}
+    mean, sd, n = seed_summary(_seed_values(metrics))
+    return {"seeds mean": mean, "seeds sd": sd, "seeds n": n}
+
+
+def _seed_values(metrics: dict) -> tuple[float, ...]:
+    values = metrics.get("seeds")
+    if not isinstance(values, dict):
+        return ()
+    return tuple(float(v) for v in values.values() if isinstance(v, (int, float)) and math.isfinite(v))
+
+
+def _ranks(students: pd.DataFrame, metrics: dict[str, dict]) -> dict[str, int]:
+    """Tied ranks of the students (:mod:`facekd.evaluation.ranking`), ``none`` included."""
+    from facekd.evaluation.ranking import Evidence, tied_ranks
+
+    def seeds(name: str) -> tuple[float, ...]:
+        return _seed_values(metrics.get(name, {}))
+
+    return tied_ranks({name: Evidence(row["gate low"], row["gate high"], seeds(name))
+                       for name, row in students.iterrows() if not name.endswith(layout.INT8_SUFFIX)})
 
 
 INTERVAL_COLUMNS = ("gate low", "gate high", "vs none", "vs none low", "vs none high", "significant", "gap low",
-                    "gap high", "INT8 low", "INT8 high")
+                    "gap high", "INT8 low", "INT8 high", "seeds mean", "seeds sd", "seeds n", "rank")
+SEEDS_SHOWN = "over seeds"  # the gate metric's mean ± sd over training seeds, (n)
 INT8_COLUMNS = ("INT8", "INT8 - float", "INT8 cos min", "INT8 cos median")
 
 
@@ -141,6 +178,11 @@ def _shown(board: pd.DataFrame, gate: str) -> pd.DataFrame:
             shown[col] = shown[col].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
         else:
             shown[col] = shown[col].map(_pct)
+    if "seeds mean" in board.columns:
+        shown[SEEDS_SHOWN] = ["" if pd.isna(n) else f"{_pct(m)} ± {_pct(sd)} ({int(n)})"
+                              for m, sd, n in zip(board["seeds mean"], board["seeds sd"], board["seeds n"], strict=True)]
+    if "rank" in board.columns:
+        shown["rank"] = ["" if pd.isna(r) else str(int(r)) for r in board["rank"]]
     for col in [c for c in board.columns if f"{c} fold_std" in board.columns]:
         shown[col] = [_pct(v) if pd.isna(sd) else f"{_pct(v)} ± {_pct(sd)}"
                       for v, sd in zip(board[col], board[f"{col} fold_std"], strict=True)]
@@ -165,14 +207,21 @@ def _shown(board: pd.DataFrame, gate: str) -> pd.DataFrame:
         shown["gap closed"] = [_pct(v) if pd.isna(lo) else f"{_pct(v)} [{_pct(lo)}, {_pct(hi)}]" for v, lo, hi in
                                zip(board["gap closed"], board["gap low"], board["gap high"], strict=True)]
     # the answer first
-    first = [c for c in (gate_col, "vs none (paired)", "gap closed") if c in shown.columns] + int8_first
+    first = [c for c in ("rank", gate_col, SEEDS_SHOWN, "vs none (paired)", "gap closed") if c in shown.columns]
+    first += int8_first
     return shown[first + [c for c in shown.columns if c not in first]]
 
 
-def _explanation(gate: str, study: Any, int8: bool = False) -> list[str]:
-    """The paragraphs above the table (markdown inline code in backticks); ``int8``: the INT8 columns are shown."""
-    text = [f"Students ordered by the gate metric `{gate}` (percent). `gap closed`: share of the teacher - `none` "
+def _explanation(gate: str, study: Any, int8: bool = False, seeds: bool = False) -> list[str]:
+    """The paragraphs above the table (markdown inline code in backticks); ``int8``: the INT8 columns
+    are shown; ``seeds``: students were trained under several seeds."""
+    order = "the mean over training seeds of the gate metric" if seeds else "the gate metric"
+    text = [f"Students ordered by {order} `{gate}` (percent). `gap closed`: share of the teacher - `none` "
             "gap on the gate metric that the method recovers (100 = as good as the teacher)."]
+    if seeds:
+        text.append(f"`{SEEDS_SHOWN}`: the gate metric's mean ± standard deviation over the seeds each student "
+                    "was trained under (`distill.seeds`; the count in brackets); the other columns are the first "
+                    "seed's model, the one that is exported and registered.")
     if study is not None:
         text.append(
             f"Brackets: 95% intervals from {study.n_resamples} bootstrap resamples of the {study.identities} "
@@ -180,8 +229,11 @@ def _explanation(gate: str, study: Any, int8: bool = False) -> list[str]:
             "`vs none (paired)`: the gate metric minus `none`'s on the same resamples; `*` marks a difference whose "
             "interval excludes 0. Rows without `*` are not shown to differ from `none`, whatever their order; "
             "two students whose intervals overlap are not ranked by this table. The intervals cover the "
-            "evaluation sample, not training noise (seeds). `.bin` accuracies (LFW-style): mean ± standard "
-            "deviation over the protocol's 10 folds.")
+            "evaluation sample, not training noise" + (f" (that is `{SEEDS_SHOWN}`)" if seeds else
+                                                        " (one seed per student: see `distill.seeds`)") + ". "
+            "`rank`: 1 + the number of students shown better (95% intervals apart"
+            + (" and a Welch t-test over seeds at 5%" if seeds else "") + "); equal ranks are ties. "
+            "`.bin` accuracies (LFW-style): mean ± standard deviation over the protocol's 10 folds.")
     if int8:
         text.append(
             "`INT8`: the gate metric of the model's INT8 ONNX copy (`exports/<model>.int8.onnx`, onnxruntime) on the "
@@ -193,7 +245,7 @@ def _explanation(gate: str, study: Any, int8: bool = False) -> list[str]:
 
 
 def _markdown(board: pd.DataFrame, gate: str, study: Any = None) -> str:
-    explained = _explanation(gate, study, "INT8" in board.columns)
+    explained = _explanation(gate, study, "INT8" in board.columns, "seeds mean" in board.columns)
     paragraphs = [line for paragraph in explained for line in (paragraph, "")]
     return "\n".join([
         "# Leaderboard", "", *paragraphs,
@@ -208,7 +260,7 @@ def _terminal(board: pd.DataFrame, gate: str, study: Any) -> str:
     if "INT8" in board.columns:  # one short column; its interval and the cosines are in the .md/.html
         shown["INT8 (vs float)"] = ["" if pd.isna(q) else f"{_pct(q)} ({_pct(d, True)})"
                                     for q, d in zip(board["INT8"], board["INT8 - float"], strict=True)]
-    keep = ["params (M)", f"gate: {gate}", "vs none (paired)", "gap closed", "INT8 (vs float)"]
+    keep = ["rank", "params (M)", f"gate: {gate}", SEEDS_SHOWN, "vs none (paired)", "gap closed", "INT8 (vs float)"]
     table = shown[[c for c in keep if c in shown.columns]].rename(columns={f"gate: {gate}": gate})
     lines = ["Leaderboard (percent; brackets: 95% intervals over evaluation identities; * beyond noise vs none)"
              if study is not None else "Leaderboard (percent)",
@@ -253,7 +305,7 @@ def _html(board: pd.DataFrame, gate: str, study: Any, images: dict[str, Path]) -
         "<!DOCTYPE html>", '<html lang="en">', "<head>", '<meta charset="utf-8">',
         "<title>facekd leaderboard</title>", f"<style>{PAGE_STYLE}</style>", "</head>", "<body>",
         "<h1>facekd leaderboard</h1>",
-        *(f'<p class="note">{_code(text)}</p>' for text in _explanation(gate, study, "INT8" in board.columns)),
+        *(f'<p class="note">{_code(text)}</p>' for text in _explanation(gate, study, "INT8" in board.columns, "seeds mean" in board.columns)),
         f'<div style="overflow-x: auto">{table}</div>', *figures, "</body>", "</html>", "",
     ])
 
@@ -272,7 +324,12 @@ def _bar_chart(board: pd.DataFrame, gate: str, path: Path) -> None:
     if "gate low" in board.columns:  # 95% interval as asymmetric error bars
         errors = np.vstack([values - 100 * board["gate low"], 100 * board["gate high"] - values]).clip(min=0)
     ax.bar(board.index, values, color=colours, yerr=errors, capsize=3, ecolor="#222222")
-    ax.set_ylabel(f"{gate} (%)" + (", 95% interval" if errors is not None else ""))
+    label = f"{gate} (%)" + (", 95% interval" if errors is not None else "")
+    if "seeds mean" in board.columns:  # training noise beside the evaluation sample's
+        ax.errorbar(board.index, 100 * board["seeds mean"], yerr=100 * board["seeds sd"].fillna(0), fmt="D",
+                    color="#d95f02", markersize=4, capsize=2, linestyle="none")
+        label += "; diamonds: mean ± sd over seeds"
+    ax.set_ylabel(label)
     ax.set_title("Teacher, no-KD baseline and each distillation method")
     ax.tick_params(axis="x", rotation=30)
     save_png(fig, path)
@@ -332,10 +389,12 @@ def _log_to_mlflow(params: Params, board: pd.DataFrame, gate: str, banded: list[
     """A ``report`` run: the gate metric per model with its interval, and the pages and plots as artifacts."""
     from facekd.mlops.tracking import Tracker, metric_name
 
-    columns = {f"gate: {gate}": "", "gate low": ".ci_low", "gate high": ".ci_high", "vs none": ".vs_none"}
+    columns = {f"gate: {gate}": "", "gate low": ".ci_low", "gate high": ".ci_high", "vs none": ".vs_none",
+               "seeds mean": ".seeds_mean", "seeds sd": ".seeds_sd", "rank": ".rank"}
     metrics = {metric_name(f"gate.{model}{suffix}"): float(board.loc[model, column])
                for model in board.index for column, suffix in columns.items()
-               if column in board.columns and np.isfinite(board.loc[model, column])}
+               if column in board.columns and pd.notna(board.loc[model, column])
+               and np.isfinite(float(board.loc[model, column]))}
     tracker = Tracker.from_params(params.tracking, stage="report")
     tracker.start("report", {}, {"facekd.gate_metric": gate, "facekd.roc_bands": ",".join(banded)}, {})
     tracker.log_metrics(metrics, step=0)

@@ -24,7 +24,7 @@ def train_metrics(result: dict[str, Any]) -> dict[str, Any]:
 
 def publish_trained_model(model_dir: Path, metrics_file: Path, backbone: Any, meta: dict[str, Any],
                           head: Any, result: dict[str, Any], tracker: Any) -> dict[str, Any]:
-    """Save ``model_dir`` (backbone + head (C, d) + meta), write the train metrics, log the folder.
+    """Save ``model_dir`` (backbone + head (C, d) + meta), write the train metrics, log the folder's files.
 
     Returns the metrics written.
     """
@@ -33,5 +33,7 @@ def publish_trained_model(model_dir: Path, metrics_file: Path, backbone: Any, me
     save_model_dir(model_dir, backbone.cpu(), meta, head=head)
     metrics = train_metrics(result)
     write_json(metrics_file, metrics)
-    tracker.log_artifact(model_dir, "model")
+    for path in sorted(model_dir.iterdir()):  # its files: models/<m>/seeds/ holds other runs' students
+        if path.is_file():
+            tracker.log_artifact(path, "model")
     return metrics
