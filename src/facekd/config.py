@@ -323,6 +323,13 @@ class ParamsBase(Section):
         return [self.seed + k for k in range(self.distill.seeds)]
 
     @model_validator(mode="after")
+    def _seeds_fit(self) -> ParamsBase:
+        if self.seed + self.distill.seeds - 1 > SEED_MAX:
+            raise ValueError(f"seed {self.seed} with distill.seeds {self.distill.seeds} runs past the largest "
+                             f"seed {SEED_MAX}; lower seed or distill.seeds")
+        return self
+
+    @model_validator(mode="after")
     def _known_models(self) -> ParamsBase:
         known = ("teacher", *self.distill.methods, *self.distill.head_sharing)
         for key, models in (("evaluate.models", self.evaluate.models), ("export.models", self.export.models)):

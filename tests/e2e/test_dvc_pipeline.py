@@ -44,8 +44,12 @@ def test_cold_repro_builds_every_artifact(reproduced):
         assert int8["precision"] == "int8" and set(int8["synth_lfw"]) == set(metrics["synth_lfw"])
         assert 0.5 < int8["cosine_to_float"]["min"] <= int8["cosine_to_float"]["median"] <= 1.0 + 1e-6
         assert (repo / "metrics/scores" / f"{model}.int8.npz").is_file()
+        if model != "teacher":  # TINY's distill.seeds: 2, trained in one stage, scored on the gate metric
+            assert (repo / "models" / model / "seeds/1/backbone.pt").is_file(), model
+            assert set(metrics["seeds"]) == {"0", "1"} and metrics["seeds"]["0"] == metrics["synth_lfw"]["accuracy"]
     board = (repo / "reports/leaderboard.md").read_text()
     assert all(f"| {m}" in board for m in trained_models()) and "INT8 - float" in board and "INT8 cos min" in board
+    assert "over seeds" in board and "| rank" in board
     registry = json.loads((repo / "reports/registry.json").read_text())
     assert registry["model"] in trained_models() and registry["model"] != "teacher"
     assert registry["int8"]["max_drop"] == 0.1 and registry["int8"]["passes_gate"] in (True, False)

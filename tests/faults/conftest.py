@@ -34,7 +34,7 @@ TINY: dict[str, Any] = {
     "teacher": {"backbone": {"arch": "iresnet_tiny", "embedding_size": 16, "width": 0.125},
                 "head": {"scale": 16.0, "margin": 0.3},
                 "optim": {"epochs": 3, "batch_size": 8, "lr": 0.05, "checkpoint_every": 1}},
-    "distill": {"methods": ["none", "qud", "adadistill"],
+    "distill": {"methods": ["none", "qud", "adadistill"], "seeds": 1,
                 "student": {"arch": "mfn", "embedding_size": 16, "width": 0.125},
                 "head": {"scale": 16.0},
                 "optim": {"epochs": 3, "batch_size": 8, "lr": 0.05, "checkpoint_every": 1},

@@ -59,6 +59,8 @@ def test_full_scale_presets_are_valid(preset):
         ({"distill": {"qud": {"queue_size": 100}, "optim": {"batch_size": 64}}}, ["queue_size=100", "multiple"]),
         ({"evaluate": {"models": ["teacher", "ghost"]}}, ["evaluate.models", "ghost"]),
         ({"data": {"source": "rec"}}, ["data.path is required"]),
+        ({"seed": 2**32 - 2, "distill": {"seeds": 3}}, ["runs past the largest seed", "distill.seeds"]),
+        ({"distill": {"seeds": 0}}, ["distill.seeds"]),
     ],
 )
 def test_bad_params_name_the_key(raw, fragments):
