@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 SIGNIFICANCE = 0.05
+SEEDS_KEY = "seeds"  # in a student's eval metrics: its gate metric per training seed, {"0": 0.21, "1": 0.18}
 
 
 @dataclass(frozen=True)
@@ -26,10 +27,6 @@ class Evidence:
     low: float
     high: float
     seeds: tuple[float, ...] = ()
-
-    @property
-    def mean(self) -> float:
-        return float(np.mean(self.seeds)) if self.seeds else math.nan
 
 
 def seed_summary(values: Sequence[float]) -> tuple[float, float, int]:

@@ -36,8 +36,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SEEDS_KEY = "seeds"  # a student's gate metric per training seed: {"0": 0.21, "1": 0.18, ...}
-
 
 def run(params: Params, model_name: str, *, int8: bool = False) -> dict:
     """Score ``model_name`` (with ``int8``: its INT8 ONNX copy) on every benchmark; returns the metrics."""
@@ -54,6 +52,8 @@ def run(params: Params, model_name: str, *, int8: bool = False) -> dict:
     scored = score_all(Path(params.data.eval_dir), embed, params.evaluate, name)
     metrics = {**header, **scored.metrics}
     if not int8 and not layout.is_teacher(model_name) and params.distill.seeds > 1:
+        from facekd.evaluation.ranking import SEEDS_KEY
+
         metrics[SEEDS_KEY] = _other_seeds(params, model_name, metrics)
     if int8:
         metrics[COSINE_KEY] = embed.summary(str(layout.onnx_path(model_name)))

@@ -106,16 +106,18 @@ def leaderboard(metrics: dict[str, dict], gate: str, study: Any = None, int8: di
 
 def _seed_columns(metrics: dict) -> dict[str, float]:
     """Mean, standard deviation and count of the gate metric over training seeds (evaluate's ``seeds``)."""
-    from facekd.evaluation.ranking import seed_summary
+    from facekd.evaluation.ranking import SEEDS_KEY, seed_summary
 
-    if not isinstance(metrics.get("seeds"), dict) or len(metrics["seeds"]) < 2:
+    if not isinstance(metrics.get(SEEDS_KEY), dict) or len(metrics[SEEDS_KEY]) < 2:
         return {}
     mean, sd, n = seed_summary(_seed_values(metrics))
     return {"seeds mean": mean, "seeds sd": sd, "seeds n": n}
 
 
 def _seed_values(metrics: dict) -> tuple[float, ...]:
-    values = metrics.get("seeds")
+    from facekd.evaluation.ranking import SEEDS_KEY
+
+    values = metrics.get(SEEDS_KEY)
     if not isinstance(values, dict):
         return ()
     return tuple(float(v) for v in values.values() if isinstance(v, (int, float)) and math.isfinite(v))
