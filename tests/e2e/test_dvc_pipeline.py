@@ -49,7 +49,7 @@ def test_cold_repro_builds_every_artifact(reproduced):
             assert set(metrics["seeds"]) == {"0", "1"} and metrics["seeds"]["0"] == metrics["synth_lfw"]["accuracy"]
     board = (repo / "reports/leaderboard.md").read_text()
     assert all(f"| {m}" in board for m in trained_models()) and "INT8 - float" in board and "INT8 cos min" in board
-    assert "over seeds" in board and "| rank" in board
+    assert "over seeds" in board  # no `rank`: the accuracy gate has no bootstrap interval
     registry = json.loads((repo / "reports/registry.json").read_text())
     assert registry["model"] in trained_models() and registry["model"] != "teacher"
     assert registry["int8"]["max_drop"] == 0.1 and registry["int8"]["passes_gate"] in (True, False)
