@@ -237,6 +237,11 @@ def test_1toN_two_galleries_like_insightface():
     assert got["tpir@fpir=3e-1"] == pytest.approx(np.mean([t[1] for t in tpirs]), abs=1e-15)
     assert got["galleries"]["G1"]["num_mated"] + got["galleries"]["G2"]["num_mated"] == 150
     assert 0 < got["rank1"] < got["rank5"] <= 1
+    assert "rank1_ci_low" not in got
+    from facekd.config import BootstrapParams
+
+    bounded = ijb.ijb_1toN(ids, feats, gallery, probes, fpirs=fpirs, ks=(1, 5), bootstrap=BootstrapParams(resamples=200))
+    assert bounded["rank1_ci_low"] < got["rank1"] < bounded["rank1_ci_high"]
 
 
 def test_1toN_rejects_a_template_with_two_subjects():

@@ -6,7 +6,14 @@ import pytest
 
 from facekd.errors import DataError
 from facekd.evaluation.metrics import SortedScores
-from facekd.evaluation.uncertainty import pair_identities, pair_weights, paired_study, roc_bands
+from facekd.config import BootstrapParams
+from facekd.evaluation.uncertainty import (
+    pair_identities,
+    pair_weights,
+    paired_study,
+    roc_bands,
+    share_interval,
+)
 
 
 def _tar(s: SortedScores) -> float:
@@ -116,3 +123,18 @@ def test_roc_bands_hold_the_curve_shrink_with_identities_and_repeat_for_a_copy()
     subjects, labels, scores = _study_data(40)
     again = roc_bands(subjects, labels, scores, FARS, n_resamples=200)
     np.testing.assert_array_equal(again["good"].low, bands[40]["good"].low)
+
+
+def test_share_interval_resamples_identities_not_trials():
+    """One identity's trials move together: 20 identities that always hit and 20 that always miss
+    give a wide interval, 2,000 independent-looking trials of them notwithstanding."""
+    cfg = BootstrapParams(resamples=400)
+    subjects = np.repeat(np.arange(40), 50)
+    hits = subjects < 20
+    low, high = share_interval(subjects, hits, cfg)
+    assert low < 0.5 < high and high - low > 0.2
+    trials = np.arange(2000)  # the same hits as independent identities: a narrow interval
+    t_low, t_high = share_interval(trials, hits, cfg)
+    assert t_high - t_low < 0.1 and t_low < 0.5 < t_high
+    assert share_interval(subjects, np.ones(2000, bool), cfg) == (1.0, 1.0)
+    assert share_interval(subjects, hits, cfg) == (low, high)

@@ -88,7 +88,7 @@ def ijb_protocol(root: Path, name: str, embed: Embedder, cfg: EvaluateParams) ->
     if protocol.gallery is not None and protocol.probes is not None:
         templates, template_feats = ijb.ijb_template_features(*columns, **modes)
         metrics.update(ijb.ijb_1toN(templates, template_feats, protocol.gallery, protocol.probes,
-                                    cfg.fpir_targets, (1, 5, 10)))
+                                    cfg.fpir_targets, (1, 5, 10), bootstrap=cfg.bootstrap))
     return metrics, sorted_scores.roc_curve(), _pair_scores(protocol, scores)
 
 
@@ -107,7 +107,8 @@ def masked_set(root: Path, embed: Embedder, cfg: EvaluateParams) -> Result:
     from facekd.data.folder import scan_identity_folders
     from facekd.data.images import read_image_file
     from facekd.evaluation.embed import flip_sum_normalize
-    from facekd.evaluation.masked import masked_roc, masked_verification
+    from facekd.evaluation.masked import masked_interval, masked_roc, masked_verification
+    from facekd.evaluation.metrics import rate_key
 
     sides = {}
     for side in ("probes", "gallery"):
@@ -116,7 +117,12 @@ def masked_set(root: Path, embed: Embedder, cfg: EvaluateParams) -> Result:
         images = np.stack([_check_aligned(read_image_file(p), str(p)) for p in paths])
         sides[side] = (flip_sum_normalize(embed(f"mfr-{side}", images)), ids)
     (pe, pid), (ge, gid) = sides["probes"], sides["gallery"]
-    return masked_verification(pe, pid, ge, gid, far=cfg.mfr_far), masked_roc(pe, pid, ge, gid)
+    metrics = masked_verification(pe, pid, ge, gid, far=cfg.mfr_far)
+    key = rate_key("tar@far<", cfg.mfr_far)
+    if not np.isnan(metrics[key]):
+        low, high = masked_interval(pe, pid, ge, gid, cfg.mfr_far, cfg.bootstrap)
+        metrics.update({f"{key}_ci_low": low, f"{key}_ci_high": high})
+    return metrics, masked_roc(pe, pid, ge, gid)
 
 
 def benchmarks(eval_dir: Path) -> Iterator[tuple[str, Callable[[Embedder, EvaluateParams], Result]]]:

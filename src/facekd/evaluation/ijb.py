@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,10 @@ from facekd.evaluation.metrics import (
     tpir_values,
     verification_report,
 )
+from facekd.evaluation.uncertainty import share_interval
+
+if TYPE_CHECKING:
+    from facekd.config import BootstrapParams
 
 log = logging.getLogger(__name__)
 
@@ -400,18 +405,22 @@ def ijb_1toN(
     probe_df: pd.DataFrame,
     fpirs: Sequence[float] = IJB_FPIRS,
     ks: Sequence[int] = IJB_RANKS,
+    bootstrap: BootstrapParams | None = None,
 ) -> dict:
     """Open-set 1:N: ``{"rank1": ..., "tpir@fpir=1e-2": ..., "galleries": {"G1": {...}, ...}}``.
 
     ``gallery_df``: template_id, subject_id and optionally gallery ("G1"/"G2") columns, or a
     mapping name -> table. ``probe_df``: template_id, subject_id (repeated rows are fine). The
     top-level numbers follow insightface: rank-k pooled over the galleries' mated probes, TPIR the
-    mean over galleries.
+    mean over galleries. With ``bootstrap``, ``rank1_ci_low`` / ``rank1_ci_high``: its interval
+    over probe identities (each identity's probes resampled together; the galleries stay as
+    enrolled).
     """
     probes = _subject_table(probe_df, "probe")
     template_feats = np.asarray(template_feats, dtype=np.float32)
     probe_feats = template_feats[template_rows(template_ids, probes["template_id"].to_numpy(), "probe row")]
     per_gallery, hits, mated_total = {}, dict.fromkeys(ks, 0), 0
+    mated_subjects, first_hits = [], []  # (n_mated,) per gallery: for the rank-1 interval
     for name, part in _galleries(gallery_df).items():
         gallery = _subject_table(part, f"gallery {name}")
         rows = template_rows(template_ids, gallery["template_id"].to_numpy(), f"gallery {name} row")
@@ -428,10 +437,15 @@ def ijb_1toN(
             "num_nonmated": int((~stats.mated).sum()),
         }
         hits = {k: hits[k] + counts[k] for k in ks}
+        mated_subjects.append(probes["subject_id"].to_numpy()[stats.mated])
+        first_hits.append(stats.rank[stats.mated] == 1)
         mated_total += n_mated
     result: dict = {f"rank{k}": hits[k] / mated_total for k in ks}
     for f in fpirs:
         key = rate_key("tpir@fpir", f)
         result[key] = float(np.mean([g[key] for g in per_gallery.values()]))
+    if bootstrap is not None:
+        low, high = share_interval(np.concatenate(mated_subjects), np.concatenate(first_hits), bootstrap)
+        result.update({"rank1_ci_low": low, "rank1_ci_high": high})
     result["galleries"] = per_gallery
     return result

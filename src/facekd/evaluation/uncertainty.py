@@ -16,6 +16,7 @@ the models' shared hard identities do not widen. Resampling is scipy's ``stats.b
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,6 +240,42 @@ def roc_bands(subjects: np.ndarray, labels: np.ndarray, scores: Mapping[str, np.
     low, high = _percentiles(_identity_bootstrap(n_subjects, statistic, n_resamples, confidence, seed), confidence)
     return {n: RocBand(grid, low[i * grid.size:(i + 1) * grid.size], high[i * grid.size:(i + 1) * grid.size])
             for i, n in enumerate(names)}
+
+
+def identity_interval(n_subjects: int, statistic: Callable[[np.ndarray], float], cfg: BootstrapParams
+                      ) -> tuple[float, float]:
+    """The ``cfg.confidence`` percentile interval of one number over identity resamples.
+
+    ``statistic(draws)`` reads the number off a resample that drew the identities ``draws`` (indices
+    into ``range(n_subjects)``, with replacement); NaN where a resample cannot give it. Same
+    resampling as :func:`paired_study`, for the leaderboard's metrics that are not 1:1 pairs
+    (rank-1, the masked track). (NaN, NaN) when intervals are off (``cfg.resamples`` 0).
+    """
+    if cfg.resamples == 0 or n_subjects == 0:
+        return math.nan, math.nan
+    dist = _identity_bootstrap(n_subjects, lambda draws: np.array([statistic(draws.astype(np.int64))]),
+                               cfg.resamples, cfg.confidence, cfg.seed)
+    low, high = _percentiles(dist, cfg.confidence)
+    return float(low[0]), float(high[0])
+
+
+def share_interval(subjects: np.ndarray, hits: np.ndarray, cfg: BootstrapParams) -> tuple[float, float]:
+    """Interval of the share of ``hits`` (e.g. rank-1 identification) over identity resamples.
+
+    ``subjects`` (N,) identity of each trial, ``hits`` (N,) bool. A resample weights each trial by
+    how often its identity was drawn, so an identity's trials move together.
+    """
+    _, codes = np.unique(np.asarray(subjects), return_inverse=True)
+    n_subjects = int(codes.max()) + 1 if codes.size else 0
+    trials = np.bincount(codes, minlength=n_subjects)  # (S,) trials per identity
+    hit = np.bincount(codes, weights=np.asarray(hits, dtype=np.float64), minlength=n_subjects)  # (S,)
+
+    def share(draws: np.ndarray) -> float:
+        drawn = np.bincount(draws, minlength=n_subjects)
+        total = drawn @ trials
+        return float(drawn @ hit / total) if total else math.nan
+
+    return identity_interval(n_subjects, share, cfg)
 
 
 def _identity_bootstrap(n_subjects: int, statistic: Callable[[np.ndarray], np.ndarray], n_resamples: int,

@@ -74,6 +74,9 @@ def leaderboard(metrics: dict[str, dict], gate: str, study: Any = None, int8: di
             for key in HEADLINE[kind]:
                 if key in values:
                     row[f"{bench} {key}"] = values[key]
+                if f"{key}_ci_low" in values:  # computed by the evaluate stage (rank-1, the masked track)
+                    row[f"{bench} {key} ci_low"] = values[f"{key}_ci_low"]
+                    row[f"{bench} {key} ci_high"] = values[f"{key}_ci_high"]
             if kind == "bin" and "accuracy_std" in values:  # the protocol's own spread over its 10 folds
                 row[f"{bench} accuracy fold_std"] = values["accuracy_std"]
         row[f"gate: {gate}"] = _lookup(m, gate)
@@ -189,7 +192,7 @@ def _shown(board: pd.DataFrame, gate: str) -> pd.DataFrame:
         shown[col] = [_pct(v) if pd.isna(sd) else f"{_pct(v)} ± {_pct(sd)}"
                       for v, sd in zip(board[col], board[f"{col} fold_std"], strict=True)]
     for col in bounded:  # another headline metric with its interval (same resamples as the gate's)
-        shown[col] = [_pct(v) if pd.isna(lo) else f"{_pct(v)} [{_pct(lo)}, {_pct(hi)}]"
+        shown[col] = [_pct(v) if pd.isna(lo) or pd.isna(hi) else f"{_pct(v)} [{_pct(lo)}, {_pct(hi)}]"
                       for v, lo, hi in zip(board[col], board[f"{col} ci_low"], board[f"{col} ci_high"], strict=True)]
     if "INT8 low" in board.columns:
         shown["INT8 - float"] = [
@@ -235,7 +238,10 @@ def _explanation(gate: str, study: Any, int8: bool = False, seeds: bool = False)
                                                         " (one seed per student: see `distill.seeds`)") + ". "
             "`rank`: 1 + the number of students shown better (95% intervals apart"
             + (" and a Welch t-test over seeds at 5%" if seeds else "") + "); equal ranks are ties. "
-            "`.bin` accuracies (LFW-style): mean ± standard deviation over the protocol's 10 folds.")
+            "The gate benchmark's other TAR column has its interval from the same resamples; rank-1 and the "
+            "masked track theirs from the evaluate stage (same resampling of identities: for rank-1 the probes', "
+            "the gallery as enrolled). `.bin` accuracies (LFW-style): mean ± standard deviation over the "
+            "protocol's 10 folds.")
     if int8:
         text.append(
             "`INT8`: the gate metric of the model's INT8 ONNX copy (`exports/<model>.int8.onnx`, onnxruntime) on the "
