@@ -38,7 +38,7 @@ class SyntheticData(Section):
     images_per_identity: int = Field(20, ge=2, le=1000)
     eval_identities: int = Field(100, ge=4, le=1_000_000)
     eval_images_per_identity: int = Field(12, ge=4, le=1000)
-    mask_share: float = Field(0.25, ge=0.0, le=1.0)
+    mask_share: float = Field(0.5, ge=0.0, le=1.0)
     nuisance: float = Field(1.0, ge=0.0, le=3.0)
     pairs_per_set: int = Field(600, ge=20, le=10_000_000)
     ijb_media_per_template: int = Field(2, ge=1, le=1000)

@@ -39,6 +39,8 @@ def test_cold_repro_builds_every_artifact(reproduced):
         metrics = json.loads((repo / "metrics/eval" / f"{model}.json").read_text())
         assert 0.0 <= metrics["synth_lfw"]["accuracy"] <= 1.0
         assert "tar@far=1e-1" in metrics["ijb"] and "tar@lowest_supported_far" in metrics["mfr"]
+        ijb = metrics["ijb"]  # rank-1's interval over probe identities (the evaluate stage's)
+        assert ijb["rank1_ci_low"] <= ijb["rank1"] <= ijb["rank1_ci_high"], ijb
         assert json.loads((repo / "reports/export" / f"{model}.json").read_text())["checks"]["passed"] is True
         int8 = json.loads((repo / "metrics/eval" / f"{model}.int8.json").read_text())  # evaluate_int8@model
         assert int8["precision"] == "int8" and set(int8["synth_lfw"]) == set(metrics["synth_lfw"])
