@@ -15,7 +15,10 @@ Target: 0 claimed orders broken in each rerun. ``--seeds N`` runs every copy wit
 evaluation sample only, and training noise alone can reverse a claim). Three cold runs take about
 three times ``pipeline_wall``'s cold figure: run it on purpose (``python -m bench --only
 stability``), or ``python -m bench.stability --reference DIR`` to take the first run from a
-finished ``make run`` of the same commit in DIR (two cold runs; its ``distill.seeds`` is used).
+finished ``make run`` of the same commit in DIR (two cold runs; its ``distill.seeds`` is used). With
+a reference the AVX2 rerun runs on any CPU: DIR may come from another machine, and when that one
+ran oneDNN's AVX-512 path, an AVX2 rerun here is the other floating-point order (the leaderboard
+does not record the ISA; the line says which this CPU has). ``--variant`` picks reruns (repeatable).
 ``--quick`` checks the comparison and the copies' set-up without running the pipeline.
 """
 from __future__ import annotations
@@ -142,10 +145,11 @@ def _quick_check() -> list[common.Result]:
                                       identical=True, note="quick: no pipeline run"))]
 
 
-def run(quick: bool = False, reference: Path | None = None, seeds: int | None = None) -> list[common.Result]:
+def run(quick: bool = False, reference: Path | None = None, seeds: int | None = None,
+        variants: list[str] | None = None) -> list[common.Result]:
     if quick:
         return _quick_check()
-    variants = ["avx2", "other seeds"] if _has_avx512() else ["other seeds"]
+    variants = variants or (["avx2", "other seeds"] if _has_avx512() or reference else ["other seeds"])
     with common.scratch_dir("stability") as tmp:
         if reference is not None:
             seeds = _params(reference)["distill"]["seeds"]
@@ -161,7 +165,10 @@ def run(quick: bool = False, reference: Path | None = None, seeds: int | None = 
             detail = f"{variant}: {len(orders) - len(lost)} of {len(orders)} claimed orders kept"
             results.append(common.emit(common.Result("stability", variant, detail + (f" (broken: {'; '.join(lost)})"
                                                      if lost else ""), len(lost), what="broken", op="<=", limit=0)))
-    if "avx2" not in variants:
+    if "avx2" in variants and not _has_avx512():
+        common.note("this CPU has no AVX-512: the AVX2 rerun is another floating-point order only against a "
+                    "reference made on an AVX-512 CPU")
+    if "avx2" not in variants and not _has_avx512():
         common.note("no AVX-512 here: the AVX2 rerun would repeat the first run's floating-point order; skipped")
     return results
 
@@ -174,8 +181,10 @@ def main() -> None:
     parser.add_argument("--reference", type=Path,
                         help="a finished `make run` of this commit: run 1 (its distill.seeds is used)")
     parser.add_argument("--seeds", type=int, help="distill.seeds for every run (default: params.yaml's)")
+    parser.add_argument("--variant", action="append", choices=["avx2", "other seeds"],
+                        help="run only this rerun (repeatable; default: both, avx2 only where it differs)")
     args = parser.parse_args()
-    results = run(args.quick, args.reference, args.seeds)
+    results = run(args.quick, args.reference, args.seeds, args.variant)
     print("\n" + common.summary_table(results))
 
 
