@@ -108,7 +108,13 @@ def _study(tmp: Path, variant: str, seeds: int | None) -> Board:
     if run.returncode != 0:
         raise RuntimeError(f"dvc repro ({variant}) failed: {run.log.read_text()[-3000:]}")
     common.note(f"{variant}: cold dvc repro {run.seconds:.0f} s, {common.load_average()}")
-    return read_board(repo)
+    rerun = read_board(repo)
+    common.note(f"{variant}: gate (mean over seeds) {_values(rerun)}")
+    return rerun
+
+
+def _values(b: Board) -> str:
+    return ", ".join(f"{name} {value:.4f}" for name, (_, value) in sorted(b.items(), key=lambda kv: -kv[1][1]))
 
 
 def _has_avx512() -> bool:
@@ -155,6 +161,7 @@ def run(quick: bool = False, reference: Path | None = None, seeds: int | None = 
             seeds = _params(reference)["distill"]["seeds"]
             first = read_board(reference)
             common.note(f"as-configured: the finished run in {reference} (distill.seeds {seeds})")
+            common.note(f"as-configured: gate (mean over seeds) {_values(first)}")
         else:
             first = _study(tmp, "as-configured", seeds)
         orders = claimed_orders(first)
