@@ -1,10 +1,12 @@
 """Issue 16: does the leaderboard's order survive another floating-point order and other seeds?
 
 The embedded study is run three times, each a cold ``dvc repro`` in a temporary copy of the
-repository (as ``pipeline_wall`` makes it): as configured; with ``ONEDNN_MAX_CPU_ISA=AVX2`` (oneDNN's
-AVX2 kernels sum in another order; on an AVX2-only machine this run equals the first, and the line
-says so); and under other seeds (``seed`` + ``distill.seeds``: the teacher, the data order and every
-student seed new, none shared with the first run). The claimed orders are the leaderboard's own:
+repository (as ``pipeline_wall`` makes it): as configured; on a narrower oneDNN path than the CPU's
+own (``ONEDNN_MAX_CPU_ISA=AVX2`` on an AVX-512 CPU, ``SSE41`` on an AVX2-only one: narrower vectors
+sum convolutions and matmuls in another order; on an AVX2-only EPYC a conv+BN+PReLU+linear
+forward/backward gave other bits under SSE41 in the output and both weight gradients);
+and under other seeds (``seed`` + ``distill.seeds``: the teacher, the data order and every student
+seed new, none shared with the first run). The claimed orders are the leaderboard's own:
 every pair where one model is *shown better* than the other (:mod:`facekd.evaluation.ranking`:
 95% gate intervals apart and, with two seeds or more, a Welch t-test over seeds at 5%). Each rerun
 must keep every claimed order, comparing the mean over seeds (the one value with one seed). Pairs
@@ -15,10 +17,10 @@ Target: 0 claimed orders broken in each rerun. ``--seeds N`` runs every copy wit
 evaluation sample only, and training noise alone can reverse a claim). Three cold runs take about
 three times ``pipeline_wall``'s cold figure: run it on purpose (``python -m bench --only
 stability``), or ``python -m bench.stability --reference DIR`` to take the first run from a
-finished ``make run`` of the same commit in DIR (two cold runs; its ``distill.seeds`` is used). With
-a reference the AVX2 rerun runs on any CPU: DIR may come from another machine, and when that one
-ran oneDNN's AVX-512 path, an AVX2 rerun here is the other floating-point order (the leaderboard
-does not record the ISA; the line says which this CPU has). ``--variant`` picks reruns (repeatable).
+finished ``make run`` of the same commit in DIR (two cold runs; its ``distill.seeds`` is used). The
+SSE4.1 path is narrower than both the AVX2 and the AVX-512 ones, so its rerun is another order
+whichever of them made the reference; ``--variant avx2`` on an AVX2-only CPU repeats the CPU's own path (a determinism
+check, unless the reference came from an AVX-512 CPU). ``--variant`` picks reruns (repeatable).
 ``--quick`` checks the comparison and the copies' set-up without running the pipeline.
 """
 from __future__ import annotations
@@ -91,6 +93,16 @@ def _params(repo: Path) -> dict[str, Any]:
     return yaml.safe_load((repo / "params.yaml").read_text())
 
 
+# rerun -> ONEDNN_MAX_CPU_ISA: a narrower kernel path, hence another floating-point order
+ISA_VARIANTS = {"avx2": "AVX2", "sse41": "SSE41"}
+VARIANTS = [*ISA_VARIANTS, "other seeds"]
+
+
+def default_variants(has_avx512: bool) -> list[str]:
+    """One path narrower than this CPU's own (AVX2 below AVX-512, SSE4.1 below AVX2), and other seeds."""
+    return ["avx2" if has_avx512 else "sse41", "other seeds"]
+
+
 def _variant(repo: Path, variant: str, seeds: int | None) -> dict[str, str]:
     """Set the copy up for ``variant`` (and ``distill.seeds``); the extra environment its dvc repro runs with."""
     if seeds is not None:
@@ -98,7 +110,7 @@ def _variant(repo: Path, variant: str, seeds: int | None) -> dict[str, str]:
     if variant == "other seeds":
         params = _params(repo)
         _set(repo / "params.yaml", r"(\nseed: )\d+\n", params["seed"] + params["distill"]["seeds"], "seed")
-    return {"ONEDNN_MAX_CPU_ISA": "AVX2"} if variant == "avx2" else {}
+    return {"ONEDNN_MAX_CPU_ISA": ISA_VARIANTS[variant]} if variant in ISA_VARIANTS else {}
 
 
 def _study(tmp: Path, variant: str, seeds: int | None) -> Board:
@@ -145,8 +157,10 @@ def _quick_check() -> list[common.Result]:
         assert after["distill"]["seeds"] == 3 and after["seed"] == before["seed"] + 3, after
         status = subprocess.run([sys.executable, "-m", "dvc", "status"], cwd=repo, capture_output=True, text=True)
         assert status.returncode == 0, status.stderr
+        assert _variant(repo, "sse41", None) == {"ONEDNN_MAX_CPU_ISA": "SSE41"}
+    assert default_variants(True) == ["avx2", "other seeds"] and default_variants(False) == ["sse41", "other seeds"]
     detail = ("machinery only: claimed orders of made-up boards found (seeds that disagree claim none) and "
-              "reversals caught; an other-seeds copy with distill.seeds 3 set up")
+              "reversals caught; an other-seeds copy with distill.seeds 3 set up; the ISA reruns chosen per CPU")
     return [common.emit(common.Result("stability", "quick", detail, len(orders), what="orders", op="",
                                       identical=True, note="quick: no pipeline run"))]
 
@@ -155,7 +169,7 @@ def run(quick: bool = False, reference: Path | None = None, seeds: int | None = 
         variants: list[str] | None = None) -> list[common.Result]:
     if quick:
         return _quick_check()
-    variants = variants or (["avx2", "other seeds"] if _has_avx512() or reference else ["other seeds"])
+    variants = variants or default_variants(_has_avx512())
     with common.scratch_dir("stability") as tmp:
         if reference is not None:
             seeds = _params(reference)["distill"]["seeds"]
@@ -173,10 +187,8 @@ def run(quick: bool = False, reference: Path | None = None, seeds: int | None = 
             results.append(common.emit(common.Result("stability", variant, detail + (f" (broken: {'; '.join(lost)})"
                                                      if lost else ""), len(lost), what="broken", op="<=", limit=0)))
     if "avx2" in variants and not _has_avx512():
-        common.note("this CPU has no AVX-512: the AVX2 rerun is another floating-point order only against a "
-                    "reference made on an AVX-512 CPU")
-    if "avx2" not in variants and not _has_avx512():
-        common.note("no AVX-512 here: the AVX2 rerun would repeat the first run's floating-point order; skipped")
+        common.note("this CPU has no AVX-512: the AVX2 rerun repeats its own floating-point order (another "
+                    "order only against a reference made on an AVX-512 CPU)")
     return results
 
 
@@ -188,8 +200,9 @@ def main() -> None:
     parser.add_argument("--reference", type=Path,
                         help="a finished `make run` of this commit: run 1 (its distill.seeds is used)")
     parser.add_argument("--seeds", type=int, help="distill.seeds for every run (default: params.yaml's)")
-    parser.add_argument("--variant", action="append", choices=["avx2", "other seeds"],
-                        help="run only this rerun (repeatable; default: both, avx2 only where it differs)")
+    parser.add_argument("--variant", action="append", choices=VARIANTS,
+                        help="run only this rerun (repeatable; default: avx2 on an AVX-512 CPU, else sse41; "
+                             "and other seeds)")
     args = parser.parse_args()
     results = run(args.quick, args.reference, args.seeds, args.variant)
     print("\n" + common.summary_table(results))
